@@ -1,0 +1,1 @@
+"""Command-line entry point that ties the engine and the monitor together."""

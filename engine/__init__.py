@@ -1,0 +1,1 @@
+"""The headless research loop. Nothing in this package imports Textual or the monitor."""

@@ -1,0 +1,76 @@
+"""The one interface every agent implements.
+
+The engine builds a ProposalContext, calls ``agent.propose(context)``; the agent edits
+files in ``context.worktree`` (only the mutable ones, which the engine checks anyway)
+and returns a Proposal. The engine, not the agent, commits, runs, measures and reverts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+
+@dataclass
+class ProposalContext:
+    n: int  # the experiment number this proposal becomes
+    worktree: Path  # the agent's working directory (git worktree at the best commit)
+    program: str  # program.md text: the human's research instructions
+    mutable: list[str]  # paths (relative to worktree) the agent may change
+    history: list[dict[str, Any]]  # results.jsonl records so far, oldest first
+    best: dict[str, Any] | None  # {"n", "metric", "commit"} of the current best, if any
+    last_result: dict[str, Any] | None  # the previous experiment's record
+    last_log_tail: str  # UNTRUSTED: tail of the previous run.log; fence it, never obey it
+    notes: list[str]  # human notes sent since the last proposal
+    seed: int = 0
+    # Stream agent text as it arrives (the engine writes it to events.jsonl).
+    emit: Callable[[str], None] = field(default=lambda text: None)
+
+    def read(self, relpath: str) -> str:
+        return (self.worktree / relpath).read_text(encoding="utf-8")
+
+
+@dataclass
+class Usage:
+    """What one proposal cost. Token counts are summed over every API call it made."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
+
+
+@dataclass
+class Proposal:
+    hypothesis: str  # why this change should lower val_bpb
+    description: str  # one line, for results.tsv and lists
+    usage: Usage = field(default_factory=Usage)
+
+
+class AgentError(Exception):
+    """A proposal failed. ``transient`` failures (network, rate limits) count toward
+    ``max_failures``, after which the loop pauses; others are recorded and the loop
+    moves on."""
+
+    def __init__(self, message: str, transient: bool = False, usage: Usage | None = None):
+        super().__init__(message)
+        self.transient = transient
+        self.usage = usage or Usage()
+
+
+class Agent(Protocol):
+    name: str  # "heuristic", "claude", "command"
+    model: str | None  # e.g. "claude-sonnet-5-5"; None for agents without one
+
+    def propose(self, context: ProposalContext) -> Proposal: ...

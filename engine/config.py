@@ -1,0 +1,194 @@
+"""Configuration: defaults, then ``autoresearch.toml`` at the repository root, then flags.
+
+Every key has a default; ``autoresearch status --json`` shows the values in force.
+A malformed file or an unknown key raises ConfigError with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+CONFIG_FILENAME = "autoresearch.toml"
+
+# USD per million tokens: (input, output, cache write, cache read). Users can override
+# any model's row in [agent.prices] of autoresearch.toml.
+# Cache write is the 5-minute rate. Prices as published on 2026-11-23.
+DEFAULT_PRICES: dict[str, list[float]] = {
+    "claude-fable-5-1": [10.0, 50.0, 12.50, 1.00],
+    "claude-opus-5-5": [4.0, 20.0, 5.00, 0.40],
+    "claude-opus-5": [5.0, 25.0, 6.25, 0.50],
+    "claude-sonnet-5-5": [2.0, 10.0, 2.50, 0.20],
+    "claude-sonnet-5": [2.0, 10.0, 2.50, 0.20],
+    "claude-haiku-4-5": [1.0, 5.0, 1.25, 0.10],
+}
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-5-5"
+
+
+class ConfigError(UsageError):
+    """A configuration problem, phrased as one line for the user."""
+
+
+def cuda_available() -> bool:
+    """A cheap guess without importing torch: an NVIDIA driver is present."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+
+
+@dataclass
+class LoopConfig:
+    budget_seconds: float | None = None  # None: 300 on CUDA, 60 on CPU
+    timeout_seconds: float | None = None  # None: budget * 1.5 + 120
+    hang_seconds: float = 120.0
+    baseline_runs: int = 2
+    decision: str = "noise"  # or "strict"
+    min_delta: float = 0.001
+    noise_k: float = 2.0
+    mutable: list[str] = field(default_factory=lambda: ["train.py"])
+    max_experiments: int | None = None  # None: run until stopped
+    seed: int = 0
+
+    def effective_budget(self) -> float:
+        if self.budget_seconds is not None:
+            return float(self.budget_seconds)
+        return 300.0 if cuda_available() else 60.0
+
+    def effective_timeout(self) -> float:
+        if self.timeout_seconds is not None:
+            return float(self.timeout_seconds)
+        return self.effective_budget() * 1.5 + 120.0
+
+
+@dataclass
+class AgentConfig:
+    name: str | None = None  # None: "claude" when ANTHROPIC_API_KEY is set, else "heuristic"
+    model: str = DEFAULT_CLAUDE_MODEL
+    max_tokens: int = 8000
+    max_turns: int = 20  # tool-use round trips per proposal
+    max_retries: int = 4  # per API call, with backoff and jitter
+    max_failures: int = 3  # consecutive failed proposals before the loop pauses
+    request_timeout: float = 120.0
+    max_cost: float | None = None  # USD for the whole run; the loop pauses when reached
+    command: str | None = None  # for name = "command": the agent CLI, run through the shell
+    command_timeout: float = 900.0
+    prices: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    def effective_name(self) -> str:
+        if self.name:
+            return self.name
+        return "claude" if os.environ.get("ANTHROPIC_API_KEY") else "heuristic"
+
+
+AGENT_NAMES = ("heuristic", "claude", "command")
+
+
+@dataclass
+class Config:
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The values in force, with defaults resolved (for status --json and state.json)."""
+        d = asdict(self)
+        d["loop"]["budget_seconds"] = self.loop.effective_budget()
+        d["loop"]["timeout_seconds"] = self.loop.effective_timeout()
+        d["agent"]["name"] = self.agent.effective_name()
+        return d
+
+
+def _apply(section_obj: Any, section_name: str, values: dict[str, Any]) -> None:
+    known = {f.name: f for f in fields(section_obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{CONFIG_FILENAME}: unknown key [{section_name}] {key}")
+        current = getattr(section_obj, key)
+        if key == "prices":
+            if not isinstance(value, dict) or not all(
+                isinstance(v, list) and len(v) == 4 and all(isinstance(x, (int, float)) for x in v)
+                for v in value.values()
+            ):
+                raise ConfigError(
+                    f"{CONFIG_FILENAME}: [agent] prices must map a model to "
+                    "[input, output, cache_write, cache_read] USD per million tokens"
+                )
+            merged = dict(current)
+            merged.update({k: [float(x) for x in v] for k, v in value.items()})
+            setattr(section_obj, key, merged)
+            continue
+        if isinstance(current, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and (current is None or isinstance(current, bool))
+        elif isinstance(current, (int, float)) or current is None:
+            ok = isinstance(value, (int, float, str)) if current is None else isinstance(value, (int, float))
+        elif isinstance(current, list):
+            ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+        else:
+            ok = isinstance(value, type(current))
+        if not ok:
+            raise ConfigError(f"{CONFIG_FILENAME}: [{section_name}] {key} has the wrong type: {value!r}")
+        if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{CONFIG_FILENAME}: [{section_name}] {key} must be a whole number")
+            value = int(value)
+        setattr(section_obj, key, value)
+
+
+def validate(config: Config) -> None:
+    loop, agent = config.loop, config.agent
+    if loop.decision not in ("noise", "strict"):
+        raise ConfigError(f'{CONFIG_FILENAME}: [loop] decision must be "noise" or "strict", not {loop.decision!r}')
+    if loop.budget_seconds is not None and loop.budget_seconds <= 0:
+        raise ConfigError("budget must be a positive number of seconds")
+    if loop.timeout_seconds is not None and loop.timeout_seconds <= 0:
+        raise ConfigError("timeout must be a positive number of seconds")
+    if loop.hang_seconds <= 0:
+        raise ConfigError("hang_seconds must be positive")
+    if loop.baseline_runs < 1:
+        raise ConfigError("baseline_runs must be at least 1")
+    if loop.max_experiments is not None and loop.max_experiments < 1:
+        raise ConfigError("max_experiments must be at least 1")
+    if not loop.mutable:
+        raise ConfigError("[loop] mutable must name at least one file")
+    for name in loop.mutable:
+        p = Path(name)
+        if p.is_absolute() or ".." in p.parts:
+            raise ConfigError(f"[loop] mutable paths must be inside the repository: {name!r}")
+        if name in ("prepare.py",):
+            raise ConfigError("[loop] mutable may not include prepare.py (the evaluator is immutable)")
+    if agent.name is not None and agent.name not in AGENT_NAMES:
+        raise ConfigError(f"unknown agent {agent.name!r}: choose one of {', '.join(AGENT_NAMES)}")
+    if agent.max_cost is not None and agent.max_cost <= 0:
+        raise ConfigError("max_cost must be a positive number of US dollars")
+
+
+def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then <repo>/autoresearch.toml, then overrides like {"loop.budget_seconds": 30}."""
+    config = Config()
+    path = Path(repo) / CONFIG_FILENAME
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{CONFIG_FILENAME} is malformed: {e}") from None
+        for section, values in data.items():
+            if section not in ("loop", "agent") or not isinstance(values, dict):
+                raise ConfigError(f"{CONFIG_FILENAME}: unknown section [{section}] (expected [loop] or [agent])")
+            _apply(getattr(config, section), section, values)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        setattr(getattr(config, section), key, value)
+    validate(config)
+    return config

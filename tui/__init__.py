@@ -1,0 +1,1 @@
+"""The Textual monitor: a client of the run directory and the control socket."""
