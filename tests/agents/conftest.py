@@ -1,0 +1,84 @@
+"""Fixtures for agent tests: a small git worktree, a fake Messages API, a context."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from engine.agents.base import ProposalContext
+
+from .fake_messages_api import FakeMessagesAPI
+
+TRAIN_PY = '''"""A stand-in genome."""
+LR = 0.01
+BATCH_SIZE = 8
+WARMUP = 10
+
+
+def main():
+    print("training with", LR, BATCH_SIZE)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+PREPARE_PY = '''"""A stand-in evaluator."""
+TIME_BUDGET = 60
+'''
+
+PROGRAM_MD = "# Research program\nLower val_bpb by editing train.py only.\n"
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def worktree(tmp_path: Path) -> Path:
+    """A git repository with a committed train.py, prepare.py and program.md."""
+    wt = tmp_path / "worktree"
+    wt.mkdir()
+    (wt / "train.py").write_text(TRAIN_PY)
+    (wt / "prepare.py").write_text(PREPARE_PY)
+    (wt / "program.md").write_text(PROGRAM_MD)
+    git(wt, "init", "-q", "-b", "main")
+    git(wt, "add", ".")
+    git(wt, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "genome")
+    return wt
+
+
+@pytest.fixture
+def api(monkeypatch) -> FakeMessagesAPI:
+    """A running fake API; the real SDK finds it through the environment."""
+    with FakeMessagesAPI() as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-fake")
+        yield server
+
+
+@pytest.fixture
+def make_context(worktree: Path) -> Callable[..., ProposalContext]:
+    def make(**overrides: Any) -> ProposalContext:
+        emitted: list[str] = []
+        values: dict[str, Any] = dict(
+            n=3,
+            worktree=worktree,
+            program=PROGRAM_MD,
+            mutable=["train.py"],
+            history=[],
+            best=None,
+            last_result=None,
+            last_log_tail="",
+            notes=[],
+            emit=emitted.append,
+        )
+        values.update(overrides)
+        ctx = ProposalContext(**values)
+        ctx.emitted = emitted  # type: ignore[attr-defined]
+        return ctx
+
+    return make
