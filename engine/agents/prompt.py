@@ -160,14 +160,12 @@ def running_summary(history: list[dict[str, Any]]) -> str:
 
 def last_result_text(context: ProposalContext) -> str:
     r = context.last_result
-    if not r:
-        return "(none yet)"
-    parts = [history_line(r)]
+    parts = [history_line(r) if r else "(none yet)"]
     extras = []
     for key, label in (("train_seconds", "train s"), ("wall_seconds", "wall s"), ("peak_mem_mb", "peak MB")):
-        if isinstance(r.get(key), (int, float)):
+        if r and isinstance(r.get(key), (int, float)):
             extras.append(f"{label} {r[key]:.1f}")
-    if isinstance(r.get("noise"), (int, float)):
+    if r and isinstance(r.get("noise"), (int, float)):
         extras.append(f"noise {r['noise']:.6f}")
     if extras:
         parts.append("      " + ", ".join(extras))
