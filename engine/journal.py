@@ -1,0 +1,79 @@
+"""Writing the run directory: results, events and the state snapshot.
+
+results.jsonl is the record that must never be lost (append + fsync per experiment);
+results.tsv is derived from it and rebuilt at start-up; events.jsonl is the running
+commentary; state.json is a snapshot replaced atomically. Writes come from the main
+loop, the agent thread (streamed text) and the control-socket thread, so they share
+one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from . import rundir
+from .rundir import RunDir
+
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+HEARTBEAT_SECONDS = 2.0
+
+
+def tsv_row(record: dict[str, Any]) -> str:
+    """Karpathy's five columns. Failed runs get 0.000000 and 0.0, as in his notebook."""
+    commit = (record.get("commit") or "")[:7] or "-------"
+    metric = record.get("metric")
+    val = f"{metric:.6f}" if isinstance(metric, (int, float)) and metric == metric else "0.000000"
+    mem = record.get("peak_mem_mb")
+    mem_gb = f"{mem / 1024:.1f}" if isinstance(mem, (int, float)) else "0.0"
+    desc = " ".join(str(record.get("description") or "").split())  # no tabs or newlines
+    return f"{commit}\t{val}\t{mem_gb}\t{record.get('status', '')}\t{desc}\n"
+
+
+class Journal:
+    def __init__(self, rd: RunDir):
+        self.rd = rd
+        self._lock = threading.RLock()
+        self.state: dict[str, Any] = {}
+        self._last_heartbeat = 0.0
+
+    # --- start-up ---------------------------------------------------------------
+
+    def open(self) -> list[dict[str, Any]]:
+        """Repair truncated lines, rebuild the TSV, load the previous state; return results."""
+        self.rd.root.mkdir(parents=True, exist_ok=True)
+        self.rd.experiments.mkdir(exist_ok=True)
+        rundir.repair_jsonl(self.rd.results_jsonl)
+        rundir.repair_jsonl(self.rd.events_jsonl)
+        results = self.rd.read_results()
+        rundir.atomic_write_text(self.rd.results_tsv, TSV_HEADER + "".join(tsv_row(r) for r in results))
+        self.state = self.rd.read_state()
+        return results
+
+    # --- writing ----------------------------------------------------------------
+
+    def append_result(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            rundir.append_jsonl(self.rd.results_jsonl, record)
+            with open(self.rd.results_tsv, "a", encoding="utf-8") as f:
+                f.write(tsv_row(record))
+
+    def event(self, type_: str, fsync: bool = True, **fields: Any) -> None:
+        record = {"ts": round(time.time(), 3), "type": type_, **fields}
+        with self._lock:
+            rundir.append_jsonl(self.rd.events_jsonl, record, fsync=fsync)
+
+    def update_state(self, **fields: Any) -> None:
+        with self._lock:
+            self.state.update(fields)
+            t = round(time.time(), 3)
+            self.state["updated_at"] = t
+            self.state["heartbeat_at"] = t
+            self._last_heartbeat = time.monotonic()
+            rundir.atomic_write_json(self.rd.state_json, self.state)
+
+    def heartbeat(self) -> None:
+        """Refresh heartbeat_at every few seconds so readers can tell the engine lives."""
+        if time.monotonic() - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self.update_state()
