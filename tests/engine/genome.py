@@ -1,0 +1,197 @@
+"""A tiny stand-in research repository for engine tests.
+
+train.py sleeps briefly and writes a JSON "checkpoint" whose metric follows from its
+constants; prepare.py's ``evaluate`` turns that into eval.json. Setting MODE makes a
+run crash, hang, time out, produce NaN, run out of memory and so on, on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.agents.base import AgentError, Proposal, ProposalContext, Usage
+
+TRAIN_PY = '''\
+"""Stand-in genome: the metric is a bowl around LR = 0.04, WIDTH = 128."""
+import json, math, os, signal, subprocess, sys, time
+
+LR = 0.01
+WIDTH = 64
+SLEEP = 0.02
+MODE = "ok"
+
+
+def main():
+    ckpt = os.environ["AUTORESEARCH_CHECKPOINT"]
+    print(f"budget {os.environ.get('AUTORESEARCH_TIME_BUDGET')}", flush=True)
+    print("step 1 loss 3.0", flush=True)
+    if MODE == "crash":
+        raise RuntimeError("boom: the model is broken")
+    if MODE == "hang":
+        time.sleep(600)
+    if MODE == "timeout":
+        while True:
+            print("still going", flush=True)
+            time.sleep(0.05)
+    if MODE == "nan":
+        print("FAIL: loss is nan at step 2", flush=True)
+        sys.exit(1)
+    if MODE == "oom":
+        print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
+        sys.exit(1)
+    if MODE == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if MODE == "env":
+        with open(ckpt + ".env.json", "w") as f:
+            json.dump(dict(os.environ), f)
+    if MODE == "tamper":
+        with open("prepare.py", "a") as f:
+            f.write("# tampered\\n")
+    if MODE == "children":
+        # A grandchild that would outlive a careless engine, then stay busy.
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            print("working", flush=True)
+            time.sleep(0.05)
+    if MODE == "slow":
+        for i in range(600):
+            print(f"step {i}", flush=True)
+            time.sleep(0.05)
+    time.sleep(SLEEP)
+    metric = 1.0 + abs(math.log10(LR / 0.04)) + abs(WIDTH - 128) / 1000
+    with open(ckpt, "w") as f:
+        json.dump({"metric": metric, "eval": MODE}, f)
+    print("---")
+    print(f"training_seconds: {SLEEP}")
+    print(f"peak_mem_mb: {WIDTH * 10.0}")
+    print("num_steps: 1")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+PREPARE_PY = '''\
+"""Stand-in evaluator and data preparation."""
+import json, os, sys
+from pathlib import Path
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "evaluate":
+        args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+        data = json.load(open(args["--checkpoint"]))
+        print("evaluating", flush=True)
+        if data.get("eval") == "evalcrash":
+            sys.exit("evaluation blew up")
+        value = float("nan") if data.get("eval") == "evalnan" else data["metric"]
+        with open(args["--out"], "w") as f:
+            json.dump({"val_bpb": value}, f)
+        print(f"val_bpb: {value}")
+        return
+    cache = Path(os.environ.get("AUTORESEARCH_CACHE", Path.home() / ".cache" / "autoresearch"))
+    cache.mkdir(parents=True, exist_ok=True)
+    print("preparing data 100%", flush=True)
+    (cache / "manifest.json").write_text(json.dumps({"files": {}}))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+CONFIG = '''\
+[loop]
+budget_seconds = 1
+timeout_seconds = {timeout}
+hang_seconds = {hang}
+baseline_runs = {baseline_runs}
+'''
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(path: Path, *, timeout: float = 3, hang: float = 1.0, baseline_runs: int = 2,
+              train_py: str = TRAIN_PY, config: bool = True) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "test@example.com")
+    git(path, "config", "user.name", "Test")
+    (path / "train.py").write_text(train_py)
+    (path / "prepare.py").write_text(PREPARE_PY)
+    (path / "program.md").write_text("Lower val_bpb. Edit only train.py.\n")
+    names = ["train.py", "prepare.py", "program.md"]
+    if config:
+        (path / "autoresearch.toml").write_text(CONFIG.format(timeout=timeout, hang=hang, baseline_runs=baseline_runs))
+        names.append("autoresearch.toml")
+    git(path, "add", *names)
+    git(path, "commit", "-q", "-m", "genome")
+    return path
+
+
+def set_constant(source: str, name: str, value: Any) -> str:
+    new, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
+    assert count == 1, name
+    return new
+
+
+class ScriptedAgent:
+    """Plays a list of steps, one per proposal. Each step is a dict:
+
+    set: {NAME: value}     edit constants of train.py
+    write: {path: text}    write files in the worktree (any path)
+    error: message         raise AgentError (with transient: bool)
+    sleep: seconds         think for a while first (for control commands)
+    emit: [text, ...]      stream text
+    cost: usd              usage of this proposal
+    """
+
+    name = "scripted"
+    model = "script-1"
+
+    def __init__(self, steps: list[dict[str, Any]]):
+        self.steps = list(steps)
+        self.contexts: list[ProposalContext] = []
+
+    def propose(self, context: ProposalContext) -> Proposal:
+        self.contexts.append(context)
+        step = self.steps.pop(0) if self.steps else {"set": {"SLEEP": round(0.02 + 0.001 * context.n, 4)}}
+        for chunk in step.get("emit", []):
+            context.emit(chunk)
+        time.sleep(step.get("sleep", 0))
+        usage = Usage(input_tokens=100, output_tokens=10, cost_usd=step.get("cost", 0.0))
+        if "error" in step:
+            raise AgentError(step["error"], transient=step.get("transient", False), usage=usage)
+        train = context.worktree / "train.py"
+        for name, value in step.get("set", {}).items():
+            train.write_text(set_constant(train.read_text(), name, value))
+        for rel, text in step.get("write", {}).items():
+            (context.worktree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (context.worktree / rel).write_text(text)
+        desc = step.get("desc") or ", ".join(f"{k}={v}" for k, v in step.get("set", {}).items()) or "scripted edit"
+        return Proposal(hypothesis=f"Because the script says so: {desc}", description=desc, usage=usage)
+
+
+def main() -> int:
+    """Run an engine with a scripted agent in this process: ``python -m tests.engine.genome REPO TAG STEPS``."""
+    from engine.config import load_config
+    from engine.loop import Engine
+
+    repo, tag, steps = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    engine = Engine(repo, tag, load_config(repo, overrides), ScriptedAgent(steps),
+                    out=lambda line: print(line, flush=True), kill_grace=1.0, agent_retry_seconds=0.0)
+    engine.install_signal_handlers()
+    return engine.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
