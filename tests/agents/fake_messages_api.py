@@ -12,6 +12,7 @@ the SDK's HTTP, SSE parsing and error mapping exactly as in production. Each POS
     {"gate": threading.Event(), ...}    after the first text chunk, wait until the test sets
                                         the event (proves text is streamed as it arrives)
 
+``on_request(body)``, if set, is called first (a test can hold a reply back there).
 When the script runs out, ``responder(body)`` (if given) decides; otherwise the server
 answers 400 so a test that makes too many calls fails loudly. Every request body and
 its headers are kept in ``requests`` / ``headers`` for assertions.
@@ -65,6 +66,8 @@ class FakeMessagesAPI:
     def __init__(self, script: list[dict[str, Any]] | None = None, responder: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None):
         self.script = list(script or [])
         self.responder = responder
+        # Called with each request body before it is answered (a test can hold a reply back).
+        self.on_request: Callable[[dict[str, Any]], None] | None = None
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.gate_released_by_client: list[bool] = []
@@ -99,6 +102,9 @@ class FakeMessagesAPI:
     def _next_step(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             self.requests.append(body)
+        if self.on_request is not None:
+            self.on_request(body)
+        with self._lock:
             if self.script:
                 return self.script.pop(0)
         if self.responder is not None:
