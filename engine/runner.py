@@ -23,7 +23,7 @@ from typing import Callable
 import psutil
 
 POLL_SECONDS = 0.05
-CPU_SAMPLE_SECONDS = 1.0  # how often the hang detector reads the process tree's CPU time
+CPU_SAMPLE_SECONDS = 1.0  # how often (at most) the hang detector reads the tree's CPU time
 KILL_GRACE_SECONDS = 5.0  # SIGTERM first; SIGKILL if the group is still there after this
 MAX_LOG_BYTES = 64 * 1024 * 1024  # a runaway printer cannot fill the disk
 TAIL_LINES = 400
@@ -192,7 +192,8 @@ def run_process(
         reason = "exited"
         cpu = _TreeCpu(proc.pid)
         last_progress = start
-        next_sample = start + CPU_SAMPLE_SECONDS
+        next_sample = start
+        sample_every = min(CPU_SAMPLE_SECONDS, (hang_seconds or CPU_SAMPLE_SECONDS) / 4)
         try:
             while proc.poll() is None:
                 now = time.monotonic()
@@ -204,7 +205,7 @@ def run_process(
                     reason = "timeout"
                 elif hang_seconds is not None:
                     if now >= next_sample:
-                        next_sample = now + CPU_SAMPLE_SECONDS
+                        next_sample = now + sample_every
                         if cpu.advanced():
                             last_progress = now
                     if now - max(last_progress, pump.last_output) > hang_seconds:
