@@ -8,7 +8,6 @@ checked through the run directory, as a user would see it.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -304,3 +303,17 @@ def test_command_agent_good_edit_kept_and_out_of_scope_edits_rejected(repo, engi
     assert not (worktree / "notes.txt").exists()
     assert not (worktree / ".autoresearch-proposal.json").exists()
     assert "LR = 0.005" in (worktree / "train.py").read_text()  # the kept change stays
+
+
+def test_claude_without_a_key_is_one_clear_line_and_status_2(repo):
+    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")}
+    result = subprocess.run(
+        [sys.executable, "-m", "autoresearch", "--repo", str(repo), "run", "--headless", "--agent", "claude", "--tag", "nokey"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "autoresearch: the claude agent needs an API key: set ANTHROPIC_API_KEY or use --agent heuristic"
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not RunDir.for_tag(repo, "nokey").exists()  # nothing written
