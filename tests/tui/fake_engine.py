@@ -1,0 +1,256 @@
+"""A small stand-in for the engine: it writes a run directory the way the real one does
+(engine/rundir.py's format) and answers a real control socket.
+
+The monitor is a client of those files and that socket only, so tests drive it with
+this: write a state, stream hypothesis text, append log lines, finish an experiment,
+die. Every command the monitor sends is recorded in ``commands``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from engine.control import ControlServer, accepted, refused
+from engine.rundir import RunDir, append_jsonl, atomic_write_json
+
+T0 = 1_800_000_000.0  # a fixed "now" for deterministic pictures
+
+
+def dead_pid() -> int:
+    """A pid that certainly belonged to a process that has exited (and was reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+DIFF = """diff --git a/train.py b/train.py
+--- a/train.py
++++ b/train.py
+@@ -10,7 +10,7 @@ import torch
+ BATCH_SIZE = 32
+-LEARNING_RATE = 0.003
++LEARNING_RATE = 0.004
+ WARMUP_STEPS = 100
+"""
+
+
+class FakeEngine:
+    def __init__(self, repo: Path, tag: str = "test", *, t0: float = T0, agent: dict | None = None):
+        self.repo = Path(repo)
+        self.run = RunDir.for_tag(self.repo, tag)
+        self.run.experiments.mkdir(parents=True, exist_ok=True)
+        self.t0 = t0
+        self.commands: list[dict[str, Any]] = []
+        self.refuse: dict[str, str] = {}  # cmd -> reason to refuse it with
+        self.reply_delay = 0.0
+        self.server: ControlServer | None = None
+        self._lock = threading.Lock()
+        self.state: dict[str, Any] = {
+            "tag": tag,
+            "pid": os.getpid(),
+            "phase": "starting",
+            "experiment": None,
+            "budget": 60,
+            "timeout": 210,
+            "paused": False,
+            "pause_requested": False,
+            "stop_requested": False,
+            "best": None,
+            "baseline": None,
+            "counts": {},
+            "agent": agent or {"name": "heuristic", "model": None},
+            "cost_usd": 0.0,
+            "hypothesis": None,
+            "description": None,
+            "error": None,
+            "updated_at": t0,
+            "heartbeat_at": t0,
+        }
+        self.results: list[dict[str, Any]] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self, serve: bool = True, pid: int | None = None) -> "FakeEngine":
+        self.state["pid"] = pid or os.getpid()
+        self.run.lock.write_text(f"{self.state['pid']}\n")
+        self.write_state()
+        self.event("engine", event="start", pid=self.state["pid"])
+        if serve:
+            self.server = ControlServer(self.run.socket, self.handle)
+            self.server.start()
+        return self
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def die(self) -> None:
+        """The engine process vanished: socket gone, lock held by a dead pid."""
+        self.close()
+        pid = dead_pid()
+        self.run.lock.write_text(f"{pid}\n")
+        self.state["pid"] = pid
+        self.write_state()
+
+    # -- the control socket ------------------------------------------------------------
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.commands.append(request)
+        if self.reply_delay:
+            threading.Event().wait(self.reply_delay)
+        cmd = request["cmd"]
+        if cmd in self.refuse:
+            self.event("command", cmd=cmd, text=request.get("text"), result="refused", reason=self.refuse[cmd])
+            return refused(self.refuse[cmd])
+        if cmd == "pause":
+            self.set_state(pause_requested=True)
+        elif cmd == "resume":
+            self.set_state(pause_requested=False, paused=False)
+        elif cmd == "stop":
+            self.set_state(stop_requested=True)
+        self.event("command", cmd=cmd, text=request.get("text"), result="accepted", reason="")
+        return accepted(f"{cmd} noted")
+
+    def sent(self) -> list[str]:
+        with self._lock:
+            return [c["cmd"] for c in self.commands]
+
+    # -- writing the run directory -----------------------------------------------------
+
+    def write_state(self) -> None:
+        atomic_write_json(self.run.state_json, self.state)
+
+    def set_state(self, **changes: Any) -> None:
+        self.state.update(changes)
+        self.write_state()
+
+    def event(self, type_: str, ts: float | None = None, **fields: Any) -> None:
+        append_jsonl(self.run.events_jsonl, {"ts": ts if ts is not None else self.t0, "type": type_, **fields}, fsync=False)
+
+    def begin(self, n: int, description: str, hypothesis: str, diff: str = DIFF, *, stream: list[str] | None = None,
+              phase: str = "running", at: float | None = None) -> None:
+        """Propose and start experiment n: hypothesis events, files, phase."""
+        at = self.t0 if at is None else at
+        exp = self.run.experiment(n)
+        exp.mkdir(parents=True, exist_ok=True)
+        self.set_state(experiment=n, phase="proposing", phase_started_at=at, started_at=at,
+                       hypothesis=None, description=None)
+        self.event("phase", n=n, phase="proposing", ts=at)
+        for chunk in stream or [hypothesis]:
+            self.event("hypothesis", n=n, text=chunk, ts=at)
+        self.event("proposal", n=n, hypothesis=hypothesis, description=description, agent=self.state["agent"], ts=at)
+        (exp / "hypothesis.md").write_text(hypothesis + "\n")
+        (exp / "diff.patch").write_text(diff)
+        self.set_state(phase=phase, phase_started_at=at, hypothesis=hypothesis, description=description)
+        self.event("phase", n=n, phase=phase, ts=at)
+
+    def log(self, n: int, *lines: str, raw: bytes | None = None) -> None:
+        path = self.run.experiment(n) / "run.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            if raw is not None:
+                f.write(raw)
+            if lines:
+                f.write(("\n".join(lines) + "\n").encode())
+
+    def finish(self, n: int, status: str, metric: float | None, description: str = "", **extra: Any) -> dict[str, Any]:
+        best = self.state.get("best")
+        best_metric = best["metric"] if best else None
+        delta = (metric - best_metric) if (metric is not None and best_metric is not None) else None
+        record = {
+            "n": n, "status": status, "metric": metric, "metric_name": "val_bpb", "delta": delta,
+            "noise": 0.002, "forced": False, "commit": f"{n:04d}abcdef0123456789", "parent": "0000000",
+            "description": description, "hypothesis": extra.pop("hypothesis", f"hypothesis {n}"),
+            "started_at": self.t0 + n * 100, "ended_at": self.t0 + n * 100 + 75,
+            "train_seconds": 60.0, "wall_seconds": 75.0, "peak_mem_mb": 812.0,
+            "agent": {"name": "heuristic", "model": None, "tokens": 0, "cost": 0.0},
+        }
+        record.update(extra)
+        append_jsonl(self.run.results_jsonl, record, fsync=False)
+        self.results.append(record)
+        counts = dict(self.state.get("counts") or {})
+        counts[status] = counts.get(status, 0) + 1
+        changes: dict[str, Any] = {"counts": counts, "phase": "deciding"}
+        if status == "baseline" and metric is not None:
+            changes["baseline"] = {"metric": metric, "noise": 0.002}
+            if best_metric is None or metric < best_metric:
+                changes["best"] = {"n": n, "metric": metric, "commit": record["commit"]}
+        if status == "keep" and metric is not None:
+            changes["best"] = {"n": n, "metric": metric, "commit": record["commit"]}
+        if metric is not None:
+            atomic_write_json(self.run.experiment(n) / "eval.json", {"val_bpb": metric, "bytes": 123456})
+        self.set_state(**changes)
+        self.event("result", n=n, status=status, metric=metric)
+        return record
+
+
+STATUS_MIX = ["discard"] * 6 + ["keep"] * 2 + ["crash", "timeout", "skipped", "rejected"]
+
+
+def history(engine: FakeEngine, count: int, seed: int = 7) -> None:
+    """``count`` finished experiments with varied, deterministic statuses and metrics."""
+    rng = random.Random(seed)
+    engine.finish(0, "baseline", 1.9, "baseline")
+    best = 1.9
+    lines = []
+    for n in range(1, count):
+        status = rng.choice(STATUS_MIX)
+        metric = None if status in ("crash", "timeout", "skipped", "rejected") else round(best + rng.uniform(-0.02, 0.03), 4)
+        if status == "keep":
+            metric = round(best - rng.uniform(0.001, 0.01), 4)
+            best = metric
+        elif status == "discard" and metric is not None and metric < best:
+            metric = round(best + 0.001, 4)
+        lines.append((n, status, metric, f"change {n}: tweak {rng.choice(['LR', 'WARMUP', 'DEPTH', 'WIDTH', 'DROPOUT'])}"))
+    # Written in one go: thousands of appends with fsync would dominate the test time.
+    counts: dict[str, int] = {"baseline": 1}
+    with open(engine.run.results_jsonl, "a", encoding="utf-8") as f:
+        import json
+
+        for n, status, metric, desc in lines:
+            record = {
+                "n": n, "status": status, "metric": metric, "metric_name": "val_bpb",
+                "delta": None if metric is None else round(metric - best, 4), "noise": 0.002, "forced": False,
+                "commit": f"{n:07x}", "description": desc, "hypothesis": f"Because {desc} should help.",
+                "wall_seconds": 70 + n % 10, "train_seconds": 60,
+            }
+            f.write(json.dumps(record) + "\n")
+            engine.results.append(record)
+            counts[status] = counts.get(status, 0) + 1
+    engine.set_state(counts=counts, best={"n": None, "metric": best, "commit": None})
+
+
+def main(argv: list[str]) -> None:
+    """``python fake_engine.py REPO TAG``: a fake engine as its own process, until SIGTERM.
+
+    Used where the monitor starts an engine itself (the ``r`` key, ``autoresearch``
+    with no arguments): the test points the launch command here instead.
+    """
+    import signal
+    import time
+
+    repo, tag = Path(argv[0]), argv[1]
+    engine = FakeEngine(repo, tag, t0=time.time())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    engine.start(pid=os.getpid())
+    engine.set_state(phase="proposing", experiment=1, phase_started_at=time.time())
+    print(f"fake engine {os.getpid()} serving {engine.run.root}", flush=True)
+    while not stop.wait(0.5):
+        engine.set_state(heartbeat_at=time.time())
+    engine.set_state(phase="stopped")
+    engine.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    main(sys.argv[1:])

@@ -1,0 +1,97 @@
+"""Small text formatters shared by the panes and screens. No Textual here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+
+# Status -> (short label, style). Labels are words, so NO_COLOR loses nothing.
+STATUS_STYLE = {
+    "baseline": "bold",
+    "keep": "bold green",
+    "discard": "dim",
+    "crash": "bold red",
+    "timeout": "red",
+    "hang": "red",
+    "oom": "red",
+    "nan": "red",
+    "skipped": "yellow",
+    "rejected": "yellow",
+    "interrupted": "yellow",
+}
+
+
+def metric(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "—"
+
+
+def delta(value: Any, digits: int = 4) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    return f"{value:+.{digits}f}"
+
+
+def duration(seconds: Any) -> str:
+    """62 -> "1m02s"; 3720 -> "1h02m"; None -> "—"."""
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return "—"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    return f"{duration(max(0.0, now - ts))} ago"
+
+
+def clock(ts: float | None) -> str:
+    """Local wall-clock time of a unix timestamp, like 14:03:27."""
+    if ts is None:
+        return "—"
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def bytes_(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def spark(values: Sequence[float], width: int, lo: float | None = None, hi: float | None = None) -> str:
+    """The last ``width`` values as block characters (a sparkline that costs one string)."""
+    values = list(values)[-width:]
+    if not values:
+        return ""
+    lo = min(values) if lo is None else lo
+    hi = max(values) if hi is None else hi
+    span = hi - lo
+    top = len(SPARK_CHARS) - 1
+    out = []
+    for v in values:
+        idx = 0 if span <= 0 else int(round((min(max(v, lo), hi) - lo) / span * top))
+        out.append(SPARK_CHARS[idx])
+    return "".join(out)
+
+
+def one_line(text: Any, width: int | None = None) -> str:
+    s = " ".join(str(text or "").split())
+    if width is not None and len(s) > width:
+        s = s[: max(0, width - 1)] + "…"
+    return s
+
+
+def short_commit(commit: Any) -> str:
+    return str(commit)[:7] if commit else "—"
