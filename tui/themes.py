@@ -1,0 +1,84 @@
+"""Theme files: ``themes/*.toml`` shipped with the project, plus the user's own.
+
+A theme file holds the fields of ``textual.theme.Theme`` (name, primary, secondary,
+accent, foreground, background, surface, panel, boost, warning, error, success, dark,
+ansi) and an optional ``[variables]`` table. Users drop files into
+``$XDG_CONFIG_HOME/autoresearch/themes/`` (default ``~/.config/autoresearch/themes``).
+The theme in use comes from ``$AUTORESEARCH_THEME``, else ``theme = "..."`` in
+``$XDG_CONFIG_HOME/autoresearch/monitor.toml``, else ``autoresearch-night``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+from textual.theme import Theme
+
+DEFAULT_THEME = "autoresearch-night"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "themes"
+_THEME_FIELDS = {f.name for f in fields(Theme)}
+
+
+def user_config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "autoresearch"
+
+
+def theme_dirs() -> list[Path]:
+    return [BUILTIN_DIR, user_config_dir() / "themes"]
+
+
+def parse_theme(path: Path) -> Theme:
+    """One theme file -> Theme. Raises ValueError with a one-line reason."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path.name}: cannot read: {e}") from None
+    unknown = set(data) - _THEME_FIELDS
+    if unknown:
+        raise ValueError(f"{path.name}: unknown keys {', '.join(sorted(unknown))}")
+    if not isinstance(data.get("name"), str) or not isinstance(data.get("primary"), str):
+        raise ValueError(f"{path.name}: needs at least name and primary")
+    variables = data.get("variables", {})
+    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+        raise ValueError(f"{path.name}: [variables] must map names to strings")
+    try:
+        theme = Theme(**data)
+        theme.to_color_system()  # parses every colour now, not at the first repaint
+    except Exception as e:
+        raise ValueError(f"{path.name}: {e}") from None
+    return theme
+
+
+def load_themes() -> tuple[list[Theme], list[str]]:
+    """Every theme file found, and a one-line problem for each file that was skipped."""
+    themes: dict[str, Theme] = {}
+    problems: list[str] = []
+    for directory in theme_dirs():
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.toml")):
+            try:
+                theme = parse_theme(path)
+            except ValueError as e:
+                problems.append(f"theme skipped: {e}")
+                continue
+            themes[theme.name] = theme  # a user's file may replace one of ours
+    return list(themes.values()), problems
+
+
+def chosen_theme() -> str:
+    name = os.environ.get("AUTORESEARCH_THEME")
+    if name:
+        return name
+    path = user_config_dir() / "monitor.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data.get("theme"), str):
+            return data["theme"]
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pass
+    return DEFAULT_THEME
