@@ -1,0 +1,409 @@
+"""The monitor app: wires the watcher, the sampler and the control socket to the screens.
+
+Threads and workers, and where their results go:
+- the RunWatcher thread posts ``RunBatch`` messages; ``on_run_batch`` folds each into
+  the RunView, redraws the panes that changed, then acks (back-pressure);
+- the "stats" worker samples GPU/CPU; when it finishes it is re-armed with a timer, so
+  two samples never overlap;
+- each control command runs in a "command" worker (the socket never blocks the UI).
+Every worker is exit_on_error=False; failures all reach ``report_error``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from rich.text import Text
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from engine.control import ControlError, send_command
+from engine.rundir import RunDir
+from tui.chart_pane import ChartPane
+from tui.dialogs import ConfirmModal, HelpScreen, NoteModal, QuitModal
+from tui.diff_pane import DiffPane, DiffScreen
+from tui.hypothesis_pane import HypothesisPane
+from tui.live import LiveScreen
+from tui.log_pane import LogPane
+from tui.model import Ack, RunView
+from tui.rundata import Batch, RunWatcher
+from tui.sysstats import Sample, Sampler
+from tui.util_pane import UtilPane
+
+STATS_INTERVAL = 2.0  # seconds between GPU/CPU samples
+DEBOUNCE_S = 2.0  # the same command again within this is "already sent", not resent
+
+CONFIRM = {
+    "skip": ("Skip this run?", "Stop the current run now and record it as skipped? Its change is reverted.", "Skip it"),
+    "keep": ("Force-keep?", "Keep the current experiment when it finishes with a metric, even if it does not beat the best?", "Keep it"),
+}
+LIVE_ONLY = {"pause", "resume", "skip", "keep", "note"}
+
+
+class RunBatch(Message):
+    """New data from the watcher thread."""
+
+    def __init__(self, batch: Batch):
+        super().__init__()
+        self.batch = batch
+
+
+class MonitorApp(App[str | None]):
+    TITLE = "autoresearch"
+    BINDINGS = [
+        Binding("q", "quit_monitor", "Quit"),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(
+        self,
+        run: RunDir,
+        *,
+        clock: Callable[[], float] = time.time,
+        sampler: Any = None,
+        use_watchdog: bool = True,
+        stats_interval: float = STATS_INTERVAL,
+        theme: str | None = None,
+    ):
+        super().__init__()
+        self.run_dir = run
+        self.view = RunView(tag=run.tag)
+        self.clock = clock
+        self.sampler = sampler if sampler is not None else Sampler()
+        self.stats_interval = stats_interval
+        self.watcher = RunWatcher(run, self._from_watcher, use_watchdog=use_watchdog)
+        self.last_ack: Ack | None = None
+        self.acks: list[Ack] = []  # every acknowledgement this session, for tests and the log
+        self.errors: list[str] = []
+        self.batches = 0
+        self.lock_pid: int | None = None
+        self._in_flight: set[str] = set()
+        self._last_sent: dict[str, float] = {}
+        self._modal_open = False
+        self._stop_then_exit = False
+        self._stats_error_shown = False
+        self.theme_problems: list[str] = []
+        self._requested_theme = theme
+
+    # -- start-up and shutdown ---------------------------------------------------------
+
+    def on_mount(self) -> None:
+        from tui.themes import DEFAULT_THEME, chosen_theme, load_themes
+
+        themes, self.theme_problems = load_themes()
+        for theme in themes:
+            self.register_theme(theme)
+        wanted = self._requested_theme or chosen_theme()
+        if wanted not in self.available_themes:
+            self.theme_problems.append(f"unknown theme {wanted!r}; using {DEFAULT_THEME}")
+            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = wanted
+        for problem in self.theme_problems:
+            self.notify(problem, severity="warning")
+
+    def live_ready(self) -> None:
+        """Called once the live screen's panes exist: only now may data arrive."""
+        if self.watcher.started:
+            return
+        self.watcher.start()
+        if self.watcher.watchdog_error:
+            self.notify(f"File events unavailable ({self.watcher.watchdog_error}); polling instead.", severity="warning")
+        self.set_interval(1.0, self._tick)
+        self.collect_stats()
+
+    def get_default_screen(self) -> Screen:
+        return LiveScreen()
+
+    def on_unmount(self) -> None:
+        self.watcher.stop()
+
+    @property
+    def live(self) -> LiveScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, LiveScreen):
+                return screen
+        return None
+
+    # -- data from the watcher -----------------------------------------------------------
+
+    def _from_watcher(self, batch: Batch) -> None:
+        """Runs on the watcher thread: hand over and return at once."""
+        self.post_message(RunBatch(batch))
+
+    def on_run_batch(self, message: RunBatch) -> None:
+        try:
+            self.apply_batch(message.batch)
+        except Exception as e:
+            self.report_error("showing new data", e)
+        finally:
+            self.watcher.ack()
+
+    def apply_batch(self, batch: Batch) -> None:
+        self.batches += 1
+        changed = self.view.apply(batch)
+        if batch.lock_pid is not None or batch.alive is not None:
+            self.lock_pid = batch.lock_pid
+        live = self.live
+        if live is None:
+            return
+        now = self.clock()
+        if "log" in changed:
+            pane = live.query_one(LogPane)
+            if batch.log_reset:
+                pane.reset(batch.log_n)
+            pane.append(batch.log_lines, batch.log_partial, batch.log_skipped_bytes)
+        if changed & {"state", "hypothesis", "results", "alive"}:
+            live.query_one(HypothesisPane).show(self.view, now)
+        if "results" in changed:
+            live.query_one(ChartPane).show(self.view.results, self.view.baseline()[0])
+            self._history_add(batch)
+        if "diff" in changed:
+            live.query_one(DiffPane).show(self.view.diff, self.view.log_n)
+        if changed & {"state", "alive"}:
+            self._show_engine(live, now)
+            self.refresh_bindings()
+
+    def _history_add(self, batch: Batch) -> None:
+        from tui.history import HistoryScreen
+
+        for screen in self.screen_stack:
+            if isinstance(screen, HistoryScreen):
+                if batch.results_reset:
+                    screen.records = list(self.view.results)
+                    screen.refilter()
+                else:
+                    screen.add_records(batch.results)
+
+    def engine_state(self) -> str:
+        return self.view.engine_state(self.clock())
+
+    def _show_engine(self, live: LiveScreen, now: float) -> None:
+        engine = self.view.engine_state(now)
+        live.show_top(self.view, engine, self.lock_pid, self._ack_text(), self.watcher.polling)
+        live.show_banner(self.view, engine, now)
+
+    def _tick(self) -> None:
+        """Once a second: elapsed time, 'last seen', and the engine's liveness label."""
+        live = self.live
+        if live is None:
+            return
+        now = self.clock()
+        live.query_one(HypothesisPane).show(self.view, now)
+        self._show_engine(live, now)
+
+    # -- utilization ------------------------------------------------------------------
+
+    def collect_stats(self) -> None:
+        pid = self.lock_pid if self.view.alive else None
+        self.run_worker(
+            lambda: self.sampler.sample(pid),
+            name="stats",
+            group="stats",
+            thread=True,
+            exit_on_error=False,
+        )
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.group == "stats" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            if event.state == WorkerState.SUCCESS and isinstance(worker.result, Sample):
+                live = self.live
+                if live is not None:
+                    live.query_one(UtilPane).show(worker.result)
+            elif event.state == WorkerState.ERROR and not self._stats_error_shown:
+                self._stats_error_shown = True
+                self.report_error("reading GPU/CPU utilization", worker.error)
+            # Re-arm only now: a slow sample delays the next instead of piling up.
+            self.set_timer(self.stats_interval, self.collect_stats)
+        elif worker.group == "command" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            cmd = worker.name
+            self._in_flight.discard(cmd)
+            if event.state == WorkerState.SUCCESS:
+                self._acknowledge(cmd, worker.result)
+            else:
+                err = worker.error
+                reason = str(err) if isinstance(err, ControlError) else f"{type(err).__name__}: {err}"
+                self._show_ack(Ack(cmd, "error", reason))
+                self._stop_then_exit = False
+            self.watcher.poke()
+        elif worker.group == "restart" and event.state == WorkerState.SUCCESS:
+            self.notify(f"Engine started again (pid {worker.result}); it resumes tag {self.run_dir.tag}.")
+            self.watcher.poke()
+        elif event.state == WorkerState.ERROR:
+            self.report_error(worker.name or "background work", worker.error)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def can_run(self, action: str) -> bool:
+        """What the footer and palette offer right now (and what the keys do)."""
+        engine = self.engine_state()
+        alive = engine in ("running", "stale")
+        view = self.view
+        if action == "pause":
+            return alive and not view.paused and not view.pause_requested and not view.finished
+        if action == "resume":
+            return alive and (view.paused or view.pause_requested)
+        if action in ("skip", "keep"):
+            return alive and view.in_flight
+        if action == "note":
+            return alive
+        if action == "restart":
+            return engine in ("gone", "stopped")
+        if action == "diff":
+            return bool(view.diff.strip())
+        return True
+
+    def confirm_and_send(self, cmd: str) -> None:
+        if self._modal_open:
+            return  # repeated presses do not stack modals
+        if cmd in CONFIRM:
+            title, question, yes = CONFIRM[cmd]
+            self._modal_open = True
+
+            def answered(ok: bool | None) -> None:
+                self._modal_open = False
+                if ok:
+                    self.send(cmd)
+
+            self.push_screen(ConfirmModal(title, question, yes), answered)
+        else:
+            self.send(cmd)
+
+    def ask_note(self) -> None:
+        if self._modal_open:
+            return
+        self._modal_open = True
+
+        def answered(text: str | None) -> None:
+            self._modal_open = False
+            if text:
+                self.send("note", text)
+
+        self.push_screen(NoteModal(), answered)
+
+    def send(self, cmd: str, text: str | None = None) -> bool:
+        """Send one command from a worker thread. False if it was a repeat and not sent."""
+        now = self.clock()
+        if cmd in self._in_flight or (cmd != "note" and now - self._last_sent.get(cmd, -1e9) < DEBOUNCE_S):
+            self.notify(f"{cmd}: already sent, waiting for the engine", severity="information", timeout=2)
+            return False
+        self._in_flight.add(cmd)
+        self._last_sent[cmd] = now
+        sock = self.run_dir.socket
+        self.run_worker(
+            lambda: send_command(sock, cmd, text),
+            name=cmd,
+            group="command",
+            thread=True,
+            exit_on_error=False,
+        )
+        return True
+
+    def _acknowledge(self, cmd: str, reply: Any) -> None:
+        if not isinstance(reply, dict):
+            self._show_ack(Ack(cmd, "error", "unreadable reply"))
+            return
+        if reply.get("ok"):
+            ack = Ack(cmd, "accepted", str(reply.get("message") or ""))
+        else:
+            ack = Ack(cmd, "refused", str(reply.get("reason") or "no reason given"))
+        self._show_ack(ack)
+        if cmd == "stop" and self._stop_then_exit:
+            self.exit("stop" if ack.result == "accepted" else "leave", message=None)
+
+    def _show_ack(self, ack: Ack) -> None:
+        self.last_ack = ack
+        self.acks.append(ack)
+        text = f"{ack.cmd}: {ack.result}" + (f": {ack.message}" if ack.message else "")
+        severity = {"accepted": "information", "refused": "warning", "error": "error"}[ack.result]
+        self.notify(text, title="Engine" if ack.result != "error" else "Could not reach the engine", severity=severity)
+        live = self.live
+        if live is not None:
+            self._show_engine(live, self.clock())
+
+    def _ack_text(self) -> Text | None:
+        ack = self.last_ack
+        if ack is None:
+            return None
+        style = {"accepted": "green", "refused": "yellow", "error": "red"}[ack.result]
+        return Text(f"{ack.cmd}: {ack.result}" + (f" ({ack.message})" if ack.message else ""), style=style)
+
+    def report_error(self, doing: str, error: BaseException | None) -> None:
+        """The one place where background failures reach the user."""
+        text = f"Error while {doing}: {type(error).__name__}: {error}" if error else f"Error while {doing}"
+        self.errors.append(text)
+        self.notify(text, severity="error", timeout=8)
+
+    # -- screens -------------------------------------------------------------------------
+
+    def open_history(self) -> None:
+        from tui.history import HistoryScreen
+
+        self.push_screen(HistoryScreen(self.run_dir, list(self.view.results)))
+
+    def open_diff(self) -> None:
+        n = self.view.log_n
+        title = f"Pending change #{n:04d}" if n is not None else "Pending change"
+        self.push_screen(DiffScreen(self.view.diff, title))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_quit_monitor(self) -> None:
+        if self._modal_open:
+            return
+        if self.engine_state() not in ("running", "stale"):
+            self.exit("leave")
+            return
+        self._modal_open = True
+
+        def answered(choice: str | None) -> None:
+            self._modal_open = False
+            if choice == "leave":
+                self.exit("leave")
+            elif choice == "stop":
+                self._stop_then_exit = True
+                if not self.send("stop"):
+                    self._stop_then_exit = False
+
+        self.push_screen(QuitModal(), answered)
+
+    def restart_engine(self) -> None:
+        from tui.launch import start_engine
+
+        repo = self.run_dir.root.parent.parent
+        self.notify(f"Starting the engine for tag {self.run_dir.tag}…")
+        self.run_worker(
+            lambda: start_engine(repo, self.run_dir.tag).pid,
+            name="restarting the engine",
+            group="restart",
+            thread=True,
+            exit_on_error=False,
+        )
+
+    # -- command palette -------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        if isinstance(screen, LiveScreen):
+            entries = [
+                ("pause", "Pause", "Hold the loop after the current experiment", lambda: self.confirm_and_send("pause")),
+                ("resume", "Resume", "Let the loop go on", lambda: self.confirm_and_send("resume")),
+                ("skip", "Skip this run", "Stop the current run now (asks first)", lambda: self.confirm_and_send("skip")),
+                ("keep", "Force-keep this experiment", "Keep it if it ends with a metric (asks first)", lambda: self.confirm_and_send("keep")),
+                ("note", "Note for the agent", "Text the agent reads in its next proposal", self.ask_note),
+                ("history", "History", "Every experiment of this run", self.open_history),
+                ("diff", "Pending change", "The current diff, full screen", self.open_diff),
+                ("focus_log", "Focus the log", "Scroll the training log", screen.action_focus_log),
+                ("restart", "Restart the engine", "Start the engine again on this tag", self.restart_engine),
+            ]
+            for action, title, help_text, callback in entries:
+                if self.can_run(action):
+                    yield SystemCommand(title, help_text, callback)
+        yield SystemCommand("Help", "Every key", self.action_help)
+        yield SystemCommand("Quit", "Close the monitor (asks whether to stop the loop)", self.action_quit_monitor)
+        yield from (c for c in super().get_system_commands(screen) if c.title not in ("Quit",))

@@ -1,0 +1,86 @@
+"""val_bpb over the experiments: a one-line sparkline and a plot.
+
+The plot marks kept experiments, draws the running best as a step line and the
+baseline as a reference line. It is rebuilt only when a result arrives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Static
+from textual_plotext import PlotextPlot
+
+from tui import fmt
+
+SPARK_WIDTH = 40
+
+
+def series(results: list[dict[str, Any]]) -> dict[str, list]:
+    """Split results into the plotted series: every scored run, kept ones, running best."""
+    xs, ys, keep_x, keep_y, best_x, best_y = [], [], [], [], [], []
+    best: float | None = None
+    for r in results:
+        m, n = r.get("metric"), r.get("n")
+        if not isinstance(m, (int, float)) or not isinstance(n, int):
+            continue
+        xs.append(n)
+        ys.append(float(m))
+        if r.get("status") in ("keep", "baseline"):
+            keep_x.append(n)
+            keep_y.append(float(m))
+            if best is None or m < best:
+                if best is not None:  # a vertical drop at n: the line is a step, not a slope
+                    best_x.append(n)
+                    best_y.append(best)
+                best = float(m)
+        if best is not None:
+            best_x.append(n)
+            best_y.append(best)
+    return {"x": xs, "y": ys, "keep_x": keep_x, "keep_y": keep_y, "best_x": best_x, "best_y": best_y}
+
+
+class ChartPane(Vertical):
+    DEFAULT_CSS = """
+    ChartPane #spark { height: 1; }
+    ChartPane PlotextPlot { height: 1fr; min-height: 4; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="spark")
+        yield PlotextPlot(id="plot")
+
+    def on_mount(self) -> None:
+        self.border_title = "val_bpb"
+        self.redraws = 0  # counted so tests can check it redraws only on new results
+        self.show([], None)
+
+    def show(self, results: list[dict[str, Any]], baseline: float | None) -> None:
+        self.redraws += 1
+        s = series(results)
+        line = Text(no_wrap=True, overflow="ellipsis")
+        if s["y"]:
+            line.append(fmt.spark(s["y"], SPARK_WIDTH), style="cyan")  # low is good, as in the plot
+            line.append(f"  last {fmt.metric(s['y'][-1])}")
+            if s["best_y"]:
+                line.append(f"  best {fmt.metric(s['best_y'][-1])}", style="bold green")
+        else:
+            line.append("no results yet", style="dim")
+        self.query_one("#spark", Static).update(line)
+
+        plot = self.query_one(PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.xlabel("experiment")
+        if s["x"]:
+            plt.scatter(s["x"], s["y"], marker="dot", label="all")
+            plt.scatter(s["keep_x"], s["keep_y"], marker="●", color="green", label="kept")
+            if s["best_x"]:
+                plt.plot(s["best_x"], s["best_y"], color="cyan", label="best")
+            if baseline is not None:
+                plt.hline(baseline, color="orange")
+        plot.refresh()

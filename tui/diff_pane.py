@@ -1,0 +1,83 @@
+"""The pending change (experiments/NNNN/diff.patch), syntax-highlighted."""
+
+from __future__ import annotations
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+
+def diff_renderable(diff: str, theme_dark: bool = True) -> Syntax | Text:
+    if not diff.strip():
+        return Text("no change (yet)", style="dim")
+    return Syntax(
+        diff,
+        "diff",
+        theme="monokai" if theme_dark else "default",
+        background_color="default",
+        word_wrap=False,
+        line_numbers=False,
+    )
+
+
+def diff_summary(diff: str) -> str:
+    """"train.py +3 -1" style summary for the pane title."""
+    files: list[str] = []
+    added = removed = 0
+    for line in diff.splitlines():
+        if line.startswith("+++ "):
+            name = line[4:].strip()
+            files.append(name[2:] if name.startswith("b/") else name)
+        elif line.startswith("+") and not line.startswith("+++"):
+            added += 1
+        elif line.startswith("-") and not line.startswith("---"):
+            removed += 1
+    if not files:
+        return ""
+    return f"{', '.join(files)} +{added} -{removed}"
+
+
+class DiffPane(VerticalScroll):
+    DEFAULT_CSS = """
+    DiffPane { scrollbar-size-vertical: 1; }
+    DiffPane #diff { width: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("no change (yet)", style="dim"), id="diff")
+
+    def on_mount(self) -> None:
+        self.border_title = "Pending change"
+        self.text = ""
+
+    def show(self, diff: str, n: int | None) -> None:
+        self.text = diff
+        summary = diff_summary(diff)
+        title = f"Pending change #{n:04d}" if n is not None else "Pending change"
+        self.border_title = f"{title}  {summary}" if summary else title
+        self.query_one("#diff", Static).update(diff_renderable(diff, self.app.current_theme.dark))
+
+
+class DiffScreen(Screen):
+    """A diff full screen (``d`` on the live screen)."""
+
+    BINDINGS = [Binding("escape,d,q", "app.pop_screen", "Back")]
+    DEFAULT_CSS = """
+    DiffScreen VerticalScroll { height: 1fr; }
+    DiffScreen #diff-full { width: auto; }
+    """
+
+    def __init__(self, diff: str, title: str):
+        super().__init__()
+        self.diff = diff
+        self.title_text = title
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="diff-scroll") as scroll:
+            scroll.border_title = self.title_text
+            yield Static(diff_renderable(self.diff, self.app.current_theme.dark), id="diff-full")
+        yield Footer()

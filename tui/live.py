@@ -1,0 +1,193 @@
+"""The live screen: what the loop is doing right now, and the keys that steer it.
+
+At 160x50 (and down to about 100x30) every pane is visible in a grid. Smaller, the
+screen turns compact: the experiment pane stays on top and the other four become tabs
+(1-4 switch). Keys are bound here; the work behind them lives in the app.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container
+from textual.screen import Screen
+from textual.widgets import Footer, Static, Tab, Tabs
+
+from tui import fmt
+from tui.chart_pane import ChartPane
+from tui.diff_pane import DiffPane
+from tui.hypothesis_pane import HypothesisPane
+from tui.log_pane import LogPane
+from tui.model import RunView
+from tui.util_pane import UtilPane
+
+COMPACT_WIDTH = 100
+COMPACT_HEIGHT = 30
+# Tab id -> pane id, in the order of the 1-4 keys.
+TABS = {"tab-log": "log-pane", "tab-chart": "chart", "tab-util": "util", "tab-diff": "diff"}
+
+
+class LiveScreen(Screen):
+    BINDINGS = [
+        Binding("p", "pause", "Pause"),
+        Binding("p", "resume", "Resume"),
+        Binding("s", "skip", "Skip"),
+        Binding("k", "keep", "Keep"),
+        Binding("n", "note", "Note"),
+        Binding("h", "history", "History"),
+        Binding("d", "diff", "Diff"),
+        Binding("l", "focus_log", "Log"),
+        Binding("r", "restart", "Restart engine"),
+        Binding("1", "tab(0)", "Log", show=False),
+        Binding("2", "tab(1)", "val_bpb", show=False),
+        Binding("3", "tab(2)", "Util", show=False),
+        Binding("4", "tab(3)", "Diff", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    LiveScreen { layout: vertical; }
+    LiveScreen #topbar { height: 1; background: $panel; color: $foreground; padding: 0 1; }
+    LiveScreen #banner { height: auto; display: none; padding: 0 1; background: $error 25%; color: $text; }
+    LiveScreen #banner.-show { display: block; }
+    LiveScreen #body {
+        height: 1fr;
+        layout: grid;
+        grid-size: 2 3;
+        grid-columns: 3fr 2fr;
+        grid-rows: 13 11 1fr;
+    }
+    LiveScreen .pane { border: round $primary 50%; border-title-color: $text; padding: 0 1; }
+    LiveScreen .pane:focus-within { border: round $primary; }
+    LiveScreen #log-pane { row-span: 2; padding: 0; }
+    LiveScreen #tabs { display: none; }
+    LiveScreen.-compact #body { layout: vertical; }
+    LiveScreen.-compact #tabs { display: block; height: 2; }
+    LiveScreen.-compact #hypothesis { height: 9; }
+    LiveScreen.-compact .switchable { display: none; }
+    LiveScreen.-compact .switchable.-active { display: block; height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="topbar")
+        yield Static(id="banner")
+        with Container(id="body"):
+            yield HypothesisPane(id="hypothesis", classes="pane")
+            yield Tabs(
+                Tab("1 Log", id="tab-log"),
+                Tab("2 val_bpb", id="tab-chart"),
+                Tab("3 GPU/CPU", id="tab-util"),
+                Tab("4 Diff", id="tab-diff"),
+                id="tabs",
+            )
+            yield ChartPane(id="chart", classes="pane switchable")
+            yield LogPane(id="log-pane", classes="pane switchable -active")
+            yield UtilPane(id="util", classes="pane switchable")
+            yield DiffPane(id="diff", classes="pane switchable")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if hasattr(self.app, "live_ready"):
+            self.app.live_ready()  # type: ignore[attr-defined]
+
+    def on_resize(self, event: events.Resize) -> None:
+        compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
+        self.set_class(compact, "-compact")
+
+    @property
+    def compact(self) -> bool:
+        return self.has_class("-compact")
+
+    # -- tabs (compact layout) -------------------------------------------------------
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        if event.tab is None or event.tab.id not in TABS:
+            return
+        for pane_id in TABS.values():
+            self.query_one(f"#{pane_id}").set_class(pane_id == TABS[event.tab.id], "-active")
+
+    def action_tab(self, index: int) -> None:
+        tab_id = list(TABS)[index]
+        self.query_one(Tabs).active = tab_id
+        pane = self.query_one(f"#{TABS[tab_id]}")
+        focusable = [w for w in pane.query("*") if w.focusable] or ([pane] if pane.focusable else [])
+        if focusable:
+            focusable[0].focus()
+
+    # -- what the screen shows ---------------------------------------------------------
+
+    def show_top(self, view: RunView, engine: str, pid: int | None, ack: Text | None, polling: bool) -> None:
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append("autoresearch", style="bold")
+        out.append(f" · {view.tag} · ")
+        mark = {"running": ("● engine running", "green"), "stale": ("● engine silent", "yellow"),
+                "stopped": ("■ engine stopped", "yellow"), "gone": ("✖ engine gone", "bold red"),
+                "unknown": ("… checking engine", "dim")}[engine]
+        out.append(mark[0], style=mark[1])
+        if view.paused:
+            out.append(" · PAUSED", style="bold yellow")
+        if polling:
+            out.append(" · polling", style="dim")
+        if ack is not None:
+            out.append("   ")
+            out.append_text(ack)
+        self.query_one("#topbar", Static).update(out)
+
+    def show_banner(self, view: RunView, engine: str, now: float) -> None:
+        banner = self.query_one("#banner", Static)
+        if engine not in ("gone", "stale", "stopped"):
+            banner.set_class(False, "-show")
+            return
+        seen = view.last_seen()
+        where = f"#{view.n:04d} {view.phase}" if view.n is not None else view.phase
+        text = Text()
+        if engine == "gone":
+            text.append("The engine is not running. ", style="bold")
+            text.append(f"Last state: {where}; last seen {fmt.clock(seen)} ({fmt.ago(seen, now)}). ")
+            text.append("Press r to restart it (it resumes this run).")
+        elif engine == "stopped":
+            text.append("The run has stopped. ", style="bold")
+            text.append(f"Last seen {fmt.clock(seen)} ({fmt.ago(seen, now)}). Press r to start it again, h for the history.")
+        else:
+            text.append("The engine is alive but silent: ", style="bold")
+            text.append(f"no heartbeat since {fmt.clock(seen)} ({fmt.ago(seen, now)}). Last state: {where}.")
+        banner.update(text)
+        banner.set_class(True, "-show")
+
+    # -- actions: the app does the work ---------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        app = self.app
+        if not hasattr(app, "can_run"):
+            return True
+        return app.can_run(action)  # type: ignore[attr-defined]
+
+    def action_pause(self) -> None:
+        self.app.confirm_and_send("pause")  # type: ignore[attr-defined]
+
+    def action_resume(self) -> None:
+        self.app.confirm_and_send("resume")  # type: ignore[attr-defined]
+
+    def action_skip(self) -> None:
+        self.app.confirm_and_send("skip")  # type: ignore[attr-defined]
+
+    def action_keep(self) -> None:
+        self.app.confirm_and_send("keep")  # type: ignore[attr-defined]
+
+    def action_note(self) -> None:
+        self.app.ask_note()  # type: ignore[attr-defined]
+
+    def action_history(self) -> None:
+        self.app.open_history()  # type: ignore[attr-defined]
+
+    def action_diff(self) -> None:
+        self.app.open_diff()  # type: ignore[attr-defined]
+
+    def action_restart(self) -> None:
+        self.app.restart_engine()  # type: ignore[attr-defined]
+
+    def action_focus_log(self) -> None:
+        if self.compact:
+            self.action_tab(0)
+        self.query_one(LogPane).log.focus()

@@ -1,0 +1,72 @@
+"""GPU (or, without one, CPU) utilization with short sparklines."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui import fmt
+from tui.sysstats import Sample
+
+HISTORY = 60  # samples kept per series for the sparklines
+SPARK_WIDTH = 20
+
+
+class UtilPane(Static):
+    def on_mount(self) -> None:
+        self.border_title = "Utilization"
+        self.samples = 0
+        self.series: dict[str, deque[float]] = {}
+        self.update(Text("measuring…", style="dim"))
+
+    def _push(self, key: str, value: float | None) -> str:
+        if value is None:
+            return ""
+        series = self.series.setdefault(key, deque(maxlen=HISTORY))
+        series.append(value)
+        return fmt.spark(series, SPARK_WIDTH, lo=0.0, hi=max(100.0, max(series)))
+
+    def show(self, sample: Sample) -> None:
+        self.samples += 1
+        out = Text(no_wrap=True, overflow="ellipsis")
+        if sample.gpus:
+            for g in sample.gpus:
+                out.append(f"GPU{g.index} ", style="bold")
+                out.append(fmt.one_line(g.name, 24) + "\n", style="dim")
+                util_spark = self._push(f"gpu{g.index}.util", g.util)
+                out.append(f"  util {g.util:>3.0f}% " if g.util is not None else "  util   —  ")
+                out.append(util_spark + "\n", style="green")
+                mem_pct = (g.mem_used / g.mem_total * 100) if g.mem_used is not None and g.mem_total else None
+                mem_spark = self._push(f"gpu{g.index}.mem", mem_pct)
+                out.append(f"  mem  {fmt.bytes_(g.mem_used)} / {fmt.bytes_(g.mem_total)} ")
+                out.append(mem_spark + "\n", style="cyan")
+                temp = f"{g.temp:.0f}°C" if g.temp is not None else "—"
+                power = f"{g.power:.0f} W" if g.power is not None else "—"
+                if g.power is not None and g.power_limit:
+                    power += f" / {g.power_limit:.0f} W"
+                out.append(f"  temp {temp}   power {power}\n")
+        else:
+            out.append(sample.gpu_note or "No NVIDIA GPU", style="yellow")
+            out.append(": showing CPU and memory\n", style="dim")
+        if sample.proc is not None:
+            p = sample.proc
+            cores = sample.cpu_count or 1
+            spark = self._push("proc.cpu", p.cpu_percent / cores)
+            out.append("training ", style="bold")
+            out.append(f"cpu {p.cpu_percent:>4.0f}% ")
+            out.append(spark, style="green")
+            out.append(f"\n  rss {fmt.bytes_(p.rss)}  ({p.count} process{'es' if p.count != 1 else ''}, pid {p.root_pid})\n")
+        elif sample.proc_note:
+            out.append(f"training: {sample.proc_note}\n", style="dim")
+        if sample.cpu_percent is not None:
+            spark = self._push("sys.cpu", sample.cpu_percent)
+            out.append("system   ", style="bold")
+            out.append(f"cpu {sample.cpu_percent:>4.0f}% ")
+            out.append(spark, style="green")
+            out.append(f"\n  mem {fmt.bytes_(sample.mem_used)} / {fmt.bytes_(sample.mem_total)}")
+            if sample.cpu_count:
+                out.append(f"  ({sample.cpu_count} cores)")
+        out.rstrip()
+        self.update(out)
