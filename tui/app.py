@@ -123,8 +123,11 @@ class MonitorApp(App[str | None]):
 
     @property
     def live(self) -> LiveScreen | None:
+        """The live screen, while its panes exist (not during start-up or shutdown)."""
+        if self._exit:
+            return None
         for screen in self.screen_stack:
-            if isinstance(screen, LiveScreen):
+            if isinstance(screen, LiveScreen) and screen.is_mounted and screen.query("#topbar"):
                 return screen
         return None
 

@@ -111,6 +111,7 @@ class ExperimentScreen(Screen):
         Binding("4", "tab('log')", "Log"),
     ]
     DEFAULT_CSS = """
+    ExperimentScreen #detail-head { height: 1; padding: 0 1; background: $panel; }
     ExperimentScreen TabbedContent { height: 1fr; }
     ExperimentScreen TabPane { padding: 0 1; }
     ExperimentScreen #diff-detail, ExperimentScreen #summary-metrics { width: auto; }
@@ -124,9 +125,14 @@ class ExperimentScreen(Screen):
         self.loaded: dict[str, Any] | None = None
 
     def compose(self) -> ComposeResult:
-        n = self.record.get("n")
-        with TabbedContent(initial="summary") as tabs:
-            tabs.border_title = f"Experiment #{n}"
+        r = self.record
+        head = Text()
+        head.append(f"Experiment #{r.get('n')}  ", style="bold")
+        status = str(r.get("status", "?"))
+        head.append(status, style=fmt.STATUS_STYLE.get(status, ""))
+        head.append(f"  val_bpb {fmt.metric(r.get('metric'))}  {fmt.one_line(r.get('description'))}")
+        yield Static(head, id="detail-head")
+        with TabbedContent(initial="summary"):
             with TabPane("Summary", id="summary"):
                 with VerticalScroll():
                     yield Static(metrics_table(self.record, {}, self.run), id="summary-metrics")

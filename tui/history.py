@@ -133,6 +133,7 @@ class HistoryScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#list").border_title = f"History · {self.run.tag}"
+        self.query_one(Preview).border_title = "Preview"
         self.refilter()
         self.query_one(VirtualTable).focus()
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from engine.errors import UsageError
-from engine.rundir import RUNS_DIRNAME, RunDir, list_tags, pid_alive
+from engine.lock import holder_pid
+from engine.rundir import RUNS_DIRNAME, RunDir, list_tags
 from tui.rundata import read_lock_pid
 
 ENGINE_START_TIMEOUT = 20.0  # seconds to wait for a new engine to take its lock
@@ -47,8 +48,7 @@ def resolve_repo(args: argparse.Namespace) -> Path:
 
 def engine_pid(run: RunDir) -> int | None:
     """The pid of the engine holding this run's lock, if it is alive."""
-    pid = read_lock_pid(run)
-    return pid if pid_alive(pid) else None
+    return holder_pid(run.lock)
 
 
 def resolve_tag(repo: Path, tag: str | None) -> str:
@@ -165,12 +165,12 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    repo = resolve_repo(args)
-    tag = resolve_tag(repo, getattr(args, "tag", None))
     host = getattr(args, "host", "127.0.0.1") or "127.0.0.1"
     port = int(getattr(args, "port", 8000))
     if not 0 < port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {port}")
+    repo = resolve_repo(args)
+    tag = resolve_tag(repo, getattr(args, "tag", None))
     if not is_loopback(host):
         print(
             f"autoresearch: warning: serving on {host} exposes the monitor (and its pause/skip/keep/stop keys) "

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.rundir import RunDir, parse_jsonl_lines, pid_alive, read_json
+from engine.lock import is_locked
+from engine.rundir import RunDir, parse_jsonl_lines, read_json
 from engine.untrusted import strip_control
 
 # A file that grew by more than this while we were not looking is read from its tail:
@@ -135,6 +136,12 @@ def read_small(path: Path, limit: int = SMALL_FILE_BYTES) -> str | None:
     return text
 
 
+def engine_alive(run: RunDir) -> bool:
+    """The engine holds an flock on engine.lock while it lives (the kernel drops it on
+    any death, kill -9 included), so this is not fooled by a recycled pid."""
+    return is_locked(run.lock)
+
+
 def read_lock_pid(run: RunDir) -> int | None:
     try:
         return int(run.lock.read_text().split()[0])
@@ -157,7 +164,7 @@ class RunReader:
     tests and benchmarks call it directly.
     """
 
-    def __init__(self, run: RunDir, alive: Callable[[int | None], bool] = pid_alive):
+    def __init__(self, run: RunDir, alive: Callable[[RunDir], bool] = engine_alive):
         self.run = run
         self._alive_fn = alive
         self._state_stamp: tuple[int, int, int] | None = None
@@ -226,13 +233,11 @@ class RunReader:
                 self._diff_stamp = stamp
                 batch.diff = read_small(diff_path) or ""
 
-        pid = self.state.get("pid") if isinstance(self.state.get("pid"), int) else None
-        lock_pid = read_lock_pid(run)
-        alive = self._alive_fn(lock_pid) or self._alive_fn(pid)
+        alive = self._alive_fn(run)
         if alive != self.alive:
             self.alive = alive
             batch.alive = alive
-            batch.lock_pid = lock_pid or pid
+            batch.lock_pid = read_lock_pid(run) if alive else None
         return batch
 
 
@@ -248,7 +253,7 @@ class RunWatcher:
         poll_interval: float = 1.0,
         fallback_poll_interval: float = 0.1,
         min_interval: float = 0.05,
-        alive: Callable[[int | None], bool] = pid_alive,
+        alive: Callable[[RunDir], bool] = engine_alive,
     ):
         self.reader = RunReader(run, alive=alive)
         self.run = run

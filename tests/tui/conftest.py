@@ -43,7 +43,7 @@ def engine(repo: Path):
     fake = FakeEngine(repo, "test")
     fake.start()
     yield fake
-    fake.close()
+    fake.release()
 
 
 async def wait_for(pilot, condition: Callable[[], bool], what: str = "condition", timeout: float = WAIT_S) -> None:

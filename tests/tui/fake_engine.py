@@ -8,6 +8,7 @@ die. Every command the monitor sends is recorded in ``commands``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import subprocess
@@ -75,9 +76,13 @@ class FakeEngine:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self, serve: bool = True, pid: int | None = None) -> "FakeEngine":
-        self.state["pid"] = pid or os.getpid()
-        self.run.lock.write_text(f"{self.state['pid']}\n")
+    def start(self, serve: bool = True) -> "FakeEngine":
+        # Like the real engine: an exclusive flock on engine.lock, with our pid inside.
+        self._lock_fd = os.open(self.run.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+        self.state["pid"] = os.getpid()
         self.write_state()
         self.event("engine", event="start", pid=self.state["pid"])
         if serve:
@@ -86,17 +91,23 @@ class FakeEngine:
         return self
 
     def close(self) -> None:
+        """Stop answering on the socket (the process, and so the lock, lives on)."""
         if self.server is not None:
             self.server.close()
             self.server = None
 
-    def die(self) -> None:
-        """The engine process vanished: socket gone, lock held by a dead pid."""
+    def release(self) -> None:
         self.close()
+        if getattr(self, "_lock_fd", None) is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def die(self) -> None:
+        """The engine was killed: socket gone, flock dropped, a stale lock file left behind."""
+        self.release()
         pid = dead_pid()
         self.run.lock.write_text(f"{pid}\n")
         self.state["pid"] = pid
-        self.write_state()
 
     # -- the control socket ------------------------------------------------------------
 
@@ -240,13 +251,13 @@ def main(argv: list[str]) -> None:
     engine = FakeEngine(repo, tag, t0=time.time())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    engine.start(pid=os.getpid())
+    engine.start()
     engine.set_state(phase="proposing", experiment=1, phase_started_at=time.time())
     print(f"fake engine {os.getpid()} serving {engine.run.root}", flush=True)
     while not stop.wait(0.5):
         engine.set_state(heartbeat_at=time.time())
     engine.set_state(phase="stopped")
-    engine.close()
+    engine.release()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from tests.tui.conftest import FixedSampler, wait_for
 from tests.tui.fake_engine import history
@@ -75,7 +75,7 @@ async def test_new_log_lines_results_and_experiments_appear(engine):
         engine.finish(1, "keep", 1.85, "first change")
         await wait_for(pilot, lambda: len(app.view.results) == 2, "the new result")
         await wait_for(pilot, lambda: chart.redraws == redraws + 1, "one chart redraw")
-        assert "best 1.8500" in hyp_text(app)
+        await wait_for(pilot, lambda: "best 1.8500" in hyp_text(app), "the new best")
         engine.begin(2, "second change", "h2", diff="--- a/train.py\n+++ b/train.py\n+X = 1\n")
         engine.log(2, "fresh start")
         await wait_for(pilot, lambda: log_lines(app) == ["fresh start"], "the new experiment's log alone")
@@ -200,7 +200,8 @@ async def test_note_is_sent_with_its_text(engine):
         await wait_for(pilot, lambda: app.view.n == 1, "the state")
         await pilot.press("n")
         assert isinstance(app.screen, NoteModal)
-        await pilot.press(*"try warmup", "enter")
+        app.screen.query_one(Input).value = "try warmup"
+        await pilot.press("enter")
         await wait_for(pilot, lambda: app.last_ack is not None, "the ack")
         assert engine.commands[-1] == {"cmd": "note", "text": "try warmup"}
 

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from tests.tui.fake_engine import FakeEngine
 from tui.model import RunView
 from tui.rundata import Batch, FileTail, RunReader, RunWatcher, decode_log_lines
 
@@ -55,8 +54,7 @@ def test_log_lines_are_made_printable():
     assert decode_log_lines(b"bad \xff byte\n") == ["bad \ufffd byte"]
 
 
-def test_reader_batches_follow_the_run(repo):
-    engine = FakeEngine(repo, "t").start(serve=False)
+def test_reader_batches_follow_the_run(engine):
     reader = RunReader(engine.run)
     first = reader.collect()
     assert first.state["phase"] == "starting" and first.alive is True
@@ -82,8 +80,7 @@ def test_reader_batches_follow_the_run(repo):
     assert batch.alive is False
 
 
-def test_truncated_jsonl_line_waits_for_its_end(repo):
-    engine = FakeEngine(repo, "t").start(serve=False)
+def test_truncated_jsonl_line_waits_for_its_end(engine):
     reader = RunReader(engine.run)
     reader.collect()
     with open(engine.run.results_jsonl, "ab") as f:
@@ -95,8 +92,7 @@ def test_truncated_jsonl_line_waits_for_its_end(repo):
 
 
 @pytest.mark.parametrize("use_watchdog", [True, False], ids=["watchdog", "polling"])
-def test_watcher_delivers_changes_and_waits_for_ack(repo, use_watchdog):
-    engine = FakeEngine(repo, "t").start(serve=False)
+def test_watcher_delivers_changes_and_waits_for_ack(engine, use_watchdog):
     engine.begin(1, "d", "h")
     got: list[Batch] = []
     arrived = threading.Event()
@@ -110,7 +106,7 @@ def test_watcher_delivers_changes_and_waits_for_ack(repo, use_watchdog):
     try:
         assert watcher.polling is (not use_watchdog)
         assert arrived.wait(5)
-        view = RunView("t")
+        view = RunView("test")
         view.apply(got[0])
         assert view.n == 1
         # Not acked yet: lines written now must not arrive as a second batch...
