@@ -413,7 +413,11 @@ class Engine:
             self.wt.reset_to(self._best_commit())
             if transient:
                 return self._transient_failure(message)
-            self.failures = 0
+            # Recorded as a crash and the loop goes on; but an agent that fails every time
+            # would fill the journal with crashes, so a streak of them pauses the loop too.
+            self.failures += 1
+            if self.failures >= self.config.agent.max_failures:
+                self._pause_with_error(f"agent failed {self.failures} times in a row: {message}; resume to retry")
             record.update(description=f"agent error: {_one_line(message)}", hypothesis="", error=message,
                           notes=notes)
             self._consume_notes(notes)

@@ -39,7 +39,8 @@ from .base import AgentError, Proposal, ProposalContext
 
 FAILED = ("crash", "timeout", "hang", "oom", "nan")
 LEVEL_PENALTY = 0.15  # a smaller step is a little less attractive than a bold one
-MAX_LEVELS = 4
+REFINE_BONUS = 0.35  # smaller steps of a constant whose moves were kept: home in on its optimum
+MAX_LEVELS = 8  # past the ladder, steps keep halving (multiplicative) or growing (counts)
 
 # Step ladders per kind: level k uses ladder[k]. Multiplicative unless noted.
 LADDERS = {
@@ -245,9 +246,16 @@ def _round_sig(x: float, digits: int = 3) -> float:
 def step_value(c: Constant, kind: str, direction: str, level: int) -> int | float | None:
     """The constant's value after one move, or None when the move is impossible."""
     mode, ladder = _ladder(kind, c.value)
-    if level >= len(ladder):
-        return None
-    step = ladder[level]
+    if level < len(ladder):
+        step = ladder[level]
+    elif ladder is LADDERS["count"]:
+        step = level + 1  # +-3, +-4 ... layers: the near ones were tried
+    elif mode == "add":
+        step = ladder[-1] / 2 ** (level - len(ladder) + 1)
+    else:
+        step = 1 + (ladder[-1] - 1) / 2 ** (level - len(ladder) + 1)
+        if step < 1.02:
+            return None  # too small a move to measure
     sign = 1 if direction == "up" else -1
     v = c.value
     if mode == "add":
@@ -448,6 +456,8 @@ class HeuristicAgent:
             kind = kind_of(name, c.value)
             if kind is None:
                 continue
+            # A constant that already paid off is worth refining in both directions.
+            paid_off = any(score >= 1.0 for d in ("up", "down") for score, _ in stats.get((name, d), []))
             for direction in ("up", "down"):
                 for level in range(MAX_LEVELS):
                     new = step_value(c, kind, direction, level)
@@ -458,6 +468,8 @@ class HeuristicAgent:
                         continue
                     score = self._prior(name, kind, direction) + learned_score(stats.get((name, direction), []), here)
                     score -= LEVEL_PENALTY * level
+                    if paid_off and level > 0:
+                        score += REFINE_BONUS
                     score += rng.uniform(0, 0.05)
                     moves.append(Move(name, direction, level, c.value, new, kind, score))
                     break  # the boldest untried step in this direction
@@ -488,7 +500,32 @@ class HeuristicAgent:
                                 description=self._description(move, consts[move.name].text, new_source))
             context.emit(proposal.hypothesis)
             return proposal
-        raise AgentError("the heuristic agent has no untried single-constant move left from the best configuration")
+        # Every single move from here was tried: combine the two most promising ones.
+        moves = self.candidates(source, set(), stats, rng)
+        for i, first in enumerate(moves):
+            for second in moves[i + 1 :]:
+                if second.name == first.name:
+                    continue
+                values = {k: c.value for k, c in consts.items()}
+                values.update({first.name: first.new, second.name: second.new})
+                if config_key(values) in tried or not satisfies(values, constraints(consts)):
+                    continue
+                new_source = apply_edit(apply_edit(source, consts[second.name], second.new), consts[first.name],
+                                        first.new) if consts[first.name].line != consts[second.name].line else None
+                if new_source is None:
+                    continue
+                path.write_text(new_source, encoding="utf-8")
+                d1 = self._description(first, consts[first.name].text, new_source)
+                d2 = self._description(second, consts[second.name].text, new_source)
+                proposal = Proposal(
+                    hypothesis=(f"Every single-constant move from the best configuration has been tried; combine "
+                                f"the two most promising. {self._hypothesis(first, stats, evidence)} "
+                                f"{self._hypothesis(second, stats, evidence)}"),
+                    description=f"{d1}; {d2}",
+                )
+                context.emit(proposal.hypothesis)
+                return proposal
+        raise AgentError("the heuristic agent has no untried move left from the best configuration")
 
     # -- words --
 
