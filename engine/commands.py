@@ -94,8 +94,8 @@ def cmd_run(args: Any) -> int:
     config = load_config(repo, run_overrides(args))
     tag = gitops.check_tag(args.tag or default_tag())
     rd = RunDir.for_tag(repo, tag)
-    pid = holder_pid(rd.lock)
     if is_locked(rd.lock):
+        pid = holder_pid(rd.lock)
         who = f" (pid {pid})" if pid else ""
         raise UsageError(f"an engine{who} is already running tag {tag!r}; "
                          f"watch it with `autoresearch status --tag {tag}` or pick another --tag")
@@ -103,6 +103,9 @@ def cmd_run(args: Any) -> int:
         agent = make_agent(config)
     except (ImportError, ValueError) as e:
         raise UsageError(f"agent {config.agent.effective_name()!r} is not available: {e}") from None
+    dirty = gitops.open_repo(repo).git.status("--porcelain", "--", *REQUIRED_FILES)
+    if dirty:
+        _say("note: uncommitted changes in your checkout are not part of the run (it starts from HEAD)")
     engine = Engine(repo, tag, config, agent, out=_say)
     engine.install_signal_handlers()
     if not getattr(args, "headless", False):

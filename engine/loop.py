@@ -215,6 +215,8 @@ class Engine:
             grace=self.kill_grace,
             echo=(lambda b: _echo(b)) if echo else None,
         )
+        if self._stop.is_set():
+            return  # stopped while preparing: the loop will not start
         if result.returncode != 0 or not manifest_path().exists():
             raise RuntimeError(f"python prepare.py failed (exit {result.returncode}); see {self.rd.root / 'prepare.log'}")
 
