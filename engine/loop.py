@@ -4,6 +4,23 @@ One Engine runs one tag. The main thread runs the loop; the control socket's thr
 only flips flags (and queues notes) that the loop reads between and during steps;
 the agent runs in a worker thread so that stop and skip stay responsive while it
 thinks. Everything a reader needs is in the run directory (see engine/rundir.py).
+
+Conventions worth knowing:
+
+- The baseline (unmodified train.py) runs ``baseline_runs`` times; their mean is the
+  first "best" and their sample standard deviation the noise. If the baseline itself
+  fails before any baseline succeeded, the engine stops with an error.
+- Evaluation output is appended to the experiment's run.log after the line
+  ``=== autoresearch: evaluation (python prepare.py evaluate) ===``.
+- An agent error that is not transient is recorded as ``crash`` with the message in
+  ``error``; transient ones are retried and not recorded. ``max_failures`` consecutive
+  agent errors of either kind pause the loop (state ``error``); ``resume`` retries.
+- ``max_cost`` pauses the loop before the next proposal once the run's agent cost
+  reaches it; ``resume`` lifts the cap for the rest of this engine's life.
+- ``max_experiments`` counts the experiments of this engine process (a resumed run
+  does that many more).
+- ``stop`` (or SIGTERM/SIGINT/SIGHUP) kills a run in progress and records it as
+  ``interrupted``; the worktree is left at the best commit.
 """
 
 from __future__ import annotations
