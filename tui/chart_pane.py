@@ -63,7 +63,8 @@ class ChartPane(Vertical):
         s = series(results)
         line = Text(no_wrap=True, overflow="ellipsis")
         if s["y"]:
-            line.append(fmt.spark(s["y"], SPARK_WIDTH), style="cyan")  # low is good, as in the plot
+            room = max(8, min(SPARK_WIDTH, self.content_region.width - 32))
+            line.append(fmt.spark(s["y"], room), style="cyan")  # low is good, as in the plot
             line.append(f"  last {fmt.metric(s['y'][-1])}")
             if s["best_y"]:
                 line.append(f"  best {fmt.metric(s['best_y'][-1])}", style="bold green")

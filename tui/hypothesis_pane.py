@@ -1,11 +1,16 @@
-"""The experiment in progress: number, phase, budget bar, description, hypothesis, scores."""
+"""The experiment in progress: number, phase, budget bar, description, hypothesis, scores.
+
+One widget that lays its own lines out for its size: the head and description at the
+top, the scores at the bottom, and the hypothesis in between, cut to fit (its start
+once the proposal is final; its newest words while it still streams in). Repainted
+only when what it shows changes.
+"""
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Static
+from textual.widget import Widget
 
 from tui import fmt
 from tui.model import RunView
@@ -23,50 +28,67 @@ def budget_bar(elapsed: float, budget: float, width: int = BAR_WIDTH) -> Text:
     return bar
 
 
-class HypothesisPane(Vertical):
-    """Redrawn on state/hypothesis changes and once a second for the elapsed time."""
-
-    DEFAULT_CSS = """
-    HypothesisPane #hyp-head { height: 1; }
-    HypothesisPane #hyp-desc { height: auto; max-height: 2; text-style: bold; }
-    HypothesisPane #hyp-scroll { height: 1fr; min-height: 1; scrollbar-size-vertical: 1; }
-    HypothesisPane #hyp-text { color: $text-muted; }
-    HypothesisPane #hyp-score { height: auto; }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="hyp-head")
-        yield Static(id="hyp-desc")
-        with VerticalScroll(id="hyp-scroll"):
-            yield Static(id="hyp-text")
-        yield Static(id="hyp-score")
+class HypothesisPane(Widget):
+    DEFAULT_CSS = "HypothesisPane { height: 1fr; }"
 
     def on_mount(self) -> None:
         self.border_title = "Experiment"
-        self._last: dict[str, object] = {}
-
-    def _set(self, widget_id: str, content: object) -> None:
-        """Update a line only when its content changed: no needless repaint over SSH."""
-        key = content.plain + str(content.spans) if isinstance(content, Text) else str(content)
-        if self._last.get(widget_id) == key:
-            return
-        self._last[widget_id] = key
-        self.query_one(f"#{widget_id}", Static).update(content)  # type: ignore[arg-type]
+        self.head = Text()
+        self.desc = Text()
+        self.hyp = ""
+        self.streaming = False
+        self.score = Text()
+        self._key: tuple | None = None
 
     def show(self, view: RunView, now: float) -> None:
         n = view.n
-        phase = view.phase
-        self.border_title = f"Experiment #{n:04d}" if n is not None else "Experiment"
-        self._set("hyp-head", self._head(view, phase, now))
+        head = self._head(view, view.phase, now)
         desc = view.description()
-        self._set("hyp-desc", Text(desc, style="bold") if desc else Text("(no description yet)", style="dim"))
         hyp = view.hypothesis()
-        scroll = self.query_one("#hyp-scroll", VerticalScroll)
-        following = scroll.scroll_y >= scroll.max_scroll_y
-        self._set("hyp-text", Text(hyp) if hyp else Text("waiting for the agent…", style="dim italic"))
-        if following:  # streaming text: keep the newest words in view
-            scroll.scroll_end(animate=False)
-        self._set("hyp-score", self._score(view))
+        streaming = bool(hyp) and n is not None and n not in view.proposals and not view.state.get("hypothesis")
+        score = self._score(view)
+        key = (n, head.plain, desc, hyp, streaming, score.plain)
+        if key == self._key:
+            return  # nothing new: no repaint (a slow SSH link pays for every one)
+        self._key = key
+        self.border_title = f"Experiment #{n:04d}" if n is not None else "Experiment"
+        self.head, self.hyp, self.streaming, self.score = head, hyp, streaming, score
+        self.desc = Text(desc, style="bold") if desc else Text("(no description yet)", style="dim")
+        self.refresh()
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def render(self) -> Group:
+        width = max(1, self.content_region.width or self.size.width)
+        height = max(1, self.content_region.height or self.size.height)
+        console = self.app.console
+        head = self._fit(self.head, width)
+        desc = self._fit(self.desc, width)
+        score_lines = list(self.score.wrap(console, width))
+        room = height - 2 - len(score_lines)
+        if room < 1:  # tiny: keep the head, the description and what fits of the scores
+            return Group(*([head, desc] + score_lines)[:height])
+        if self.hyp:
+            lines = list(Text(self.hyp).wrap(console, width))
+        else:
+            lines = [Text("waiting for the agent…", style="dim italic")]
+        if len(lines) > room:
+            if self.streaming:  # newest words in view while the agent is still writing
+                lines = [Text("…", style="dim")] + lines[-(room - 1):] if room > 1 else lines[-1:]
+            else:
+                lines = lines[: room - 1] + [Text("… (h, then Enter, shows it all)", style="dim")] if room > 1 else lines[:1]
+        pad = [Text("")] * (room - len(lines))
+        return Group(head, desc, *lines, *pad, *score_lines)
+
+    @staticmethod
+    def _fit(text: Text, width: int) -> Text:
+        text = text.copy()
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        text.truncate(width, overflow="ellipsis")
+        return text
+
+    # -- content ------------------------------------------------------------------------
 
     def _head(self, view: RunView, phase: str, now: float) -> Text:
         state = view.state
@@ -87,6 +109,8 @@ class HypothesisPane(Vertical):
             line.append("  pause requested: holds after this experiment", style="yellow")
         if state.get("stop_requested") and phase != "stopped":
             line.append("  stop requested", style="red")
+        if state.get("error"):
+            line.append(f"  error: {fmt.one_line(state['error'])}", style="red")
         return line
 
     def _score(self, view: RunView) -> Text:

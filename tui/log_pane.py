@@ -103,4 +103,6 @@ class LogPane(Vertical):
         status = "   ".join(parts)
         if status != self._status:
             self._status = status
-            self.query_one("#log-status", Static).update(Text(status, no_wrap=True, overflow="ellipsis"))
+            line = self.query_one("#log-status", Static)
+            line.update(Text(status, no_wrap=True, overflow="ellipsis"))
+            line.display = bool(status)  # an empty status line would waste a log line

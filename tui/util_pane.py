@@ -48,8 +48,7 @@ class UtilPane(Static):
                     power += f" / {g.power_limit:.0f} W"
                 out.append(f"  temp {temp}   power {power}\n")
         else:
-            out.append(sample.gpu_note or "No NVIDIA GPU", style="yellow")
-            out.append(": showing CPU and memory\n", style="dim")
+            out.append((sample.gpu_note or "No NVIDIA GPU") + "\n", style="yellow")
         if sample.proc is not None:
             p = sample.proc
             cores = sample.cpu_count or 1
@@ -57,7 +56,7 @@ class UtilPane(Static):
             out.append("training ", style="bold")
             out.append(f"cpu {p.cpu_percent:>4.0f}% ")
             out.append(spark, style="green")
-            out.append(f"\n  rss {fmt.bytes_(p.rss)}  ({p.count} process{'es' if p.count != 1 else ''}, pid {p.root_pid})\n")
+            out.append(f"\n  rss {fmt.bytes_(p.rss)} · {p.count} proc{'s' if p.count != 1 else ''} · engine pid {p.root_pid}\n")
         elif sample.proc_note:
             out.append(f"training: {sample.proc_note}\n", style="dim")
         if sample.cpu_percent is not None:

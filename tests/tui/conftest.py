@@ -3,13 +3,14 @@ helper that waits (with a deadline, never a timing assertion) for the app to cat
 
 from __future__ import annotations
 
-import asyncio
+import io
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
+from rich.console import Console
 
 from tests.tui.fake_engine import T0, FakeEngine
 from tui.sysstats import ProcReading, Sample
@@ -66,7 +67,7 @@ class FixedSampler:
         return Sample(
             gpus=[],
             gpu_note="No NVIDIA GPU (NVML library not found)",
-            proc=ProcReading(cpu_percent=187.0 + (self.calls % 3), rss=1.3 * 2**30, count=3, root_pid=4242),
+            proc=ProcReading(cpu_percent=187.0, rss=1.3 * 2**30, count=3, root_pid=4242),
             cpu_percent=91.0,
             cpu_count=2,
             mem_used=6.2 * 2**30,
@@ -78,5 +79,8 @@ def fixed_clock(at: float = T0 + 37.0) -> Callable[[], float]:
     return lambda: at
 
 
-def run_async(coro):
-    return asyncio.run(coro)
+def rendered(widget) -> str:
+    """The text a widget draws right now (its own render(), laid out at its width)."""
+    console = Console(width=max(20, widget.content_region.width), record=True, file=io.StringIO())
+    console.print(widget.render())
+    return console.export_text() + str(widget.border_title or "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Input, Static
 
-from tests.tui.conftest import FixedSampler, wait_for
+from tests.tui.conftest import FixedSampler, rendered, wait_for
 from tests.tui.fake_engine import history
 from tui.app import MonitorApp
 from tui.chart_pane import ChartPane
@@ -24,8 +24,7 @@ def text_of(app, selector: str) -> str:
 
 
 def hyp_text(app) -> str:
-    pane = app.screen.query_one(HypothesisPane)
-    return "\n".join(str(s.render()) for s in pane.query(Static)) + "\n" + str(pane.border_title)
+    return rendered(app.screen.query_one(HypothesisPane))
 
 
 def log_lines(app) -> list[str]:

@@ -1,0 +1,173 @@
+"""End to end: the real `autoresearch` in tmux, against the real engine and a tiny genome.
+
+The screen shows a running experiment, `p` pauses the loop, `q` leaves the engine
+running, and a second `autoresearch tui` attaches to it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.lock import holder_pid
+from engine.rundir import RunDir
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="needs tmux")
+
+TRAIN_PY = '''\
+"""Tiny genome for the monitor's end-to-end test: prints steps, writes a checkpoint."""
+import json, os, time
+
+LR = 0.01
+STEPS = 40
+
+
+def main():
+    budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "2"))
+    start = time.time()
+    step = 0
+    while time.time() - start < budget:
+        step += 1
+        print(f"step {step:04d} | loss {3.0 / step:.4f} | lr {LR}", flush=True)
+        time.sleep(0.1)
+    with open(os.environ["AUTORESEARCH_CHECKPOINT"], "w") as f:
+        json.dump({"metric": 1.0 + abs(LR - 0.02) + 1.0 / STEPS}, f)
+    print("---")
+    print(f"training_seconds: {budget}")
+    print(f"num_steps: {step}")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+PREPARE_PY = '''\
+"""Tiny evaluator: `evaluate` turns the checkpoint into eval.json."""
+import json, os, sys
+from pathlib import Path
+
+if len(sys.argv) > 1 and sys.argv[1] == "evaluate":
+    args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+    metric = json.load(open(args["--checkpoint"]))["metric"]
+    json.dump({"val_bpb": metric}, open(args["--out"], "w"))
+    print(f"val_bpb: {metric}")
+else:
+    cache = Path(os.environ["AUTORESEARCH_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "manifest.json").write_text("{}")
+'''
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+@pytest.fixture
+def genome(tmp_path: Path) -> Path:
+    repo = tmp_path / "genome"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "Test")
+    (repo / "train.py").write_text(TRAIN_PY)
+    (repo / "prepare.py").write_text(PREPARE_PY)
+    (repo / "program.md").write_text("Lower val_bpb. Edit only train.py.\n")
+    (repo / "autoresearch.toml").write_text("[loop]\nbudget_seconds = 3\nbaseline_runs = 1\nhang_seconds = 30\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "genome")
+    return repo
+
+
+class Tmux:
+    """A private tmux server (its own socket), so nothing leaks in from another session."""
+
+    def __init__(self, name: str, env: dict[str, str]):
+        self.socket = name
+        self.env = env
+
+    def run(self, *args: str, check: bool = True) -> str:
+        out = subprocess.run([TMUX, "-L", self.socket, *args], capture_output=True, text=True, env=self.env)
+        if check and out.returncode != 0:
+            raise AssertionError(f"tmux {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+    def start(self, command: str, width: int, height: int) -> None:
+        self.run("new-session", "-d", "-s", "e2e", "-x", str(width), "-y", str(height), command)
+        self.run("set-option", "-t", "e2e", "remain-on-exit", "on")
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "e2e", check=False)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", "e2e", *keys)
+
+    def wait_for(self, predicate, what: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if predicate(screen):
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; the screen was:\n{screen}")
+
+    def kill(self) -> None:
+        self.run("kill-server", check=False)
+
+
+def test_monitor_in_tmux_against_the_real_engine(genome, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "NO_COLOR", "ANTHROPIC_API_KEY")}
+    env.update(TERM="xterm-256color", AUTORESEARCH_CACHE=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    tmux = Tmux(f"autoresearch-e2e-{os.getpid()}", env)
+    cli = f"{shlex.quote(sys.executable)} -m autoresearch --repo {shlex.quote(str(genome))}"
+    run = RunDir.for_tag(genome, "e2e")
+    pid = None
+    try:
+        # 1. `autoresearch` with no command: starts a detached engine and attaches.
+        tmux.start(f"{cli} --tag e2e", 120, 40)
+        tmux.wait_for(lambda s: "RUNNING" in s and "step 0" in s, "a running experiment with its log")
+        pid = holder_pid(run.lock)
+        assert pid is not None and os.getsid(pid) == pid  # the engine has its own session
+        screen = tmux.screen()
+        assert "engine running" in screen and "Training log" in screen and "val_bpb" in screen
+
+        # 2. p: the engine acknowledges and will hold after this experiment.
+        tmux.keys("p")
+        tmux.wait_for(lambda s: "pause: accepted" in s, "the engine's acknowledgement")
+        state = run.read_state()
+        assert state.get("pause_requested") or state.get("paused")
+
+        # 3. q, Enter (the default: leave it running): the monitor ends, the engine does not.
+        tmux.keys("q")
+        tmux.wait_for(lambda s: "Leave it running" in s, "the quit dialog")
+        tmux.keys("Enter")
+        tmux.wait_for(lambda s: "keeps running" in s, "the monitor's goodbye")
+        assert holder_pid(run.lock) == pid
+
+        # 4. A second monitor attaches to the same engine, now paused.
+        tmux.kill()
+        tmux.start(f"{cli} tui --tag e2e", 80, 24)
+        tmux.wait_for(lambda s: "engine running" in s and "PAUSED" in s, "the second monitor on the paused run", timeout=90)
+        assert holder_pid(run.lock) == pid
+        results = [json.loads(line) for line in run.results_jsonl.read_text().splitlines()]
+        assert results and results[0]["status"] == "baseline"
+    finally:
+        tmux.kill()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 20
+            while holder_pid(run.lock) and time.monotonic() < deadline:
+                time.sleep(0.1)
