@@ -363,12 +363,11 @@ class Engine:
                 if got == "failed":
                     return self._finish(record, Outcome("crash", error=record.get("error")), timings, t0)
             self.journal.update_state(hypothesis=record["hypothesis"], description=record["description"])
+            t = time.monotonic()
+            self._phase("checking")  # from here on, a killed engine records this one as interrupted
             exp_dir = self.rd.experiment(n)
             exp_dir.mkdir(parents=True, exist_ok=True)
             _write_hypothesis(exp_dir, record)
-
-            t = time.monotonic()
-            self._phase("checking")
             rejected = self._check_and_commit(record, exp_dir)
             timings["check_commit"] = round(time.monotonic() - t, 3)
             if rejected:
