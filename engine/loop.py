@@ -87,6 +87,7 @@ class Engine:
         python: str = sys.executable,
         kill_grace: float = KILL_GRACE_SECONDS,
         agent_retry_seconds: float = 5.0,
+        agent_stop_wait: float = 2.0,
     ):
         self.repo_path = Path(repo).resolve()
         self.tag = gitops.check_tag(tag)
@@ -95,6 +96,7 @@ class Engine:
         self.python = python
         self.kill_grace = kill_grace
         self.agent_retry_seconds = agent_retry_seconds
+        self.agent_stop_wait = agent_stop_wait  # on stop, how long a thinking agent may finish
         self._out = out
         self.rd = rundir.RunDir.for_tag(self.repo_path, self.tag)
         self.journal = Journal(self.rd)
@@ -415,7 +417,7 @@ class Engine:
             thread.join(0.1)
             self._tick()
             if self._stop.is_set():
-                thread.join(2.0)  # a moment to finish; after that it is abandoned (daemon thread)
+                thread.join(self.agent_stop_wait)  # then it is abandoned (a daemon thread)
                 break
         if self._stop.is_set():
             self.wt.reset_to(self._best_commit())

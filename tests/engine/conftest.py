@@ -24,7 +24,8 @@ def repo(tmp_path: Path) -> Path:
 
 def make_engine(repo: Path, steps: list[dict[str, Any]], tag: str = "t", **overrides: Any) -> Engine:
     config = load_config(repo, {k.replace("__", "."): v for k, v in overrides.items()})
-    return Engine(repo, tag, config, ScriptedAgent(steps), kill_grace=1.0, agent_retry_seconds=0.0)
+    return Engine(repo, tag, config, ScriptedAgent(steps), kill_grace=1.0, agent_retry_seconds=0.0,
+                  agent_stop_wait=0.2)
 
 
 def run_engine(repo: Path, steps: list[dict[str, Any]], tag: str = "t", **overrides: Any) -> Engine:

@@ -130,3 +130,13 @@ def test_headless_run_prints_phases_and_results(repo):
     assert len(results) == 3 and "baseline" in results[0]
     state = json.loads((repo / ".autoresearch" / "cli" / "state.json").read_text())
     assert state["budget"] == 2 and state["config"]["loop"]["seed"] == 1 and state["phase"] == "stopped"
+
+
+def test_prepare_runs_prepare_py_in_the_repo(repo, capfd):
+    from engine.integrity import manifest_path
+
+    assert main(["prepare", "--repo", str(repo), "--force"]) == 0
+    assert "preparing data" in capfd.readouterr().out  # passed straight through
+    assert manifest_path().exists()
+    assert main(["prepare", "--repo", str(repo), "--source", str(repo / "no-such-dir")]) == 2
+    assert "no such file" in capfd.readouterr().err
