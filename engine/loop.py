@@ -50,6 +50,8 @@ METRIC = "val_bpb"
 RUN_INFO = "run.json"  # written once when a tag starts: base commit and fingerprints
 FAILED_STATUSES = ("crash", "timeout", "hang", "oom", "nan")
 EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
+MAX_HYPOTHESIS = 8000
+MAX_DESCRIPTION = 200
 
 
 @dataclass
@@ -446,8 +448,10 @@ class Engine:
 
         self.failures = 0
         proposal: Proposal = box["proposal"]
-        record.update(hypothesis=str(proposal.hypothesis or "").strip(),
-                      description=_one_line(proposal.description) or "(no description)", notes=notes)
+        # Bounded: these go into every journal line and the agent's own future prompts.
+        record.update(hypothesis=str(proposal.hypothesis or "").strip()[:MAX_HYPOTHESIS],
+                      description=_one_line(proposal.description)[:MAX_DESCRIPTION] or "(no description)",
+                      notes=notes)
         self._consume_notes(notes)
         self.journal.event("proposal", n=n, hypothesis=record["hypothesis"], description=record["description"],
                            agent=record["agent"])
