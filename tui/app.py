@@ -11,6 +11,7 @@ Every worker is exit_on_error=False; failures all reach ``report_error``.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -41,7 +42,7 @@ CONFIRM = {
     "skip": ("Skip this run?", "Stop the current run now and record it as skipped? Its change is reverted.", "Skip it"),
     "keep": ("Force-keep?", "Keep the current experiment when it finishes with a metric, even if it does not beat the best?", "Keep it"),
 }
-LIVE_ONLY = {"pause", "resume", "skip", "keep", "note"}
+FOOTER_ACTIONS = ("pause", "resume", "skip", "keep", "note", "restart", "diff")
 
 
 class RunBatch(Message):
@@ -86,12 +87,21 @@ class MonitorApp(App[str | None]):
         self._modal_open = False
         self._stop_then_exit = False
         self._stats_error_shown = False
+        self._early_lock = threading.Lock()
+        self._early: Batch | None = None  # the first batch, if it beats the live screen
+        self._panes_ready = False
+        self._last_sample: Sample | None = None
+        self._footer_key: tuple[bool, ...] | None = None
+        self._polling_noted = False
         self.theme_problems: list[str] = []
         self._requested_theme = theme
+        self._load_themes()
 
     # -- start-up and shutdown ---------------------------------------------------------
 
-    def on_mount(self) -> None:
+    def _load_themes(self) -> None:
+        """Register the theme files and pick one, before the first styling pass (a theme
+        set later restyles every widget once more, which costs start-up time)."""
         from tui.themes import DEFAULT_THEME, chosen_theme, load_themes
 
         themes, self.theme_problems = load_themes()
@@ -102,18 +112,30 @@ class MonitorApp(App[str | None]):
             self.theme_problems.append(f"unknown theme {wanted!r}; using {DEFAULT_THEME}")
             wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
         self.theme = wanted
+
+    def on_mount(self) -> None:
         for problem in self.theme_problems:
             self.notify(problem, severity="warning")
 
-    def live_ready(self) -> None:
-        """Called once the live screen's panes exist: only now may data arrive."""
-        if self.watcher.started:
-            return
+    def on_load(self) -> None:
+        # Start reading at once, in parallel with building the screen, so the first
+        # frame already shows the run rather than an empty layout followed by a second.
         self.watcher.start()
-        if self.watcher.watchdog_error:
-            self.notify(f"File events unavailable ({self.watcher.watchdog_error}); polling instead.", severity="warning")
-        self.set_interval(1.0, self._tick)
         self.collect_stats()
+
+    def live_ready(self) -> None:
+        """Called once the live screen's panes exist: show what arrived meanwhile."""
+        with self._early_lock:
+            if self._panes_ready:
+                return
+            self._panes_ready = True
+            early, self._early = self._early, None
+        if early is not None:
+            self.on_run_batch(RunBatch(early))
+        live = self.live
+        if self._last_sample is not None and live is not None:
+            live.query_one(UtilPane).show(self._last_sample)
+        self.set_interval(1.0, self._tick)
 
     def get_default_screen(self) -> Screen:
         return LiveScreen()
@@ -124,10 +146,10 @@ class MonitorApp(App[str | None]):
     @property
     def live(self) -> LiveScreen | None:
         """The live screen, while its panes exist (not during start-up or shutdown)."""
-        if self._exit:
+        if self._exit or not self._panes_ready:
             return None
         for screen in self.screen_stack:
-            if isinstance(screen, LiveScreen) and screen.is_mounted and screen.query("#topbar"):
+            if isinstance(screen, LiveScreen) and screen.query("#topbar"):
                 return screen
         return None
 
@@ -135,6 +157,10 @@ class MonitorApp(App[str | None]):
 
     def _from_watcher(self, batch: Batch) -> None:
         """Runs on the watcher thread: hand over and return at once."""
+        with self._early_lock:
+            if not self._panes_ready:  # the panes do not exist yet: live_ready() takes it
+                self._early = batch
+                return
         self.post_message(RunBatch(batch))
 
     def on_run_batch(self, message: RunBatch) -> None:
@@ -147,6 +173,9 @@ class MonitorApp(App[str | None]):
 
     def apply_batch(self, batch: Batch) -> None:
         self.batches += 1
+        if self.watcher.watchdog_error and not self._polling_noted:
+            self._polling_noted = True
+            self.notify(f"File events unavailable ({self.watcher.watchdog_error}); polling instead.", severity="warning")
         changed = self.view.apply(batch)
         if batch.lock_pid is not None or batch.alive is not None:
             self.lock_pid = batch.lock_pid
@@ -168,6 +197,13 @@ class MonitorApp(App[str | None]):
             live.query_one(DiffPane).show(self.view.diff, self.view.log_n)
         if changed & {"state", "alive"}:
             self._show_engine(live, now)
+            self._refresh_footer()
+
+    def _refresh_footer(self) -> None:
+        """Rebuild the footer only when what applies changed (it recomposes every key)."""
+        key = tuple(self.can_run(a) for a in FOOTER_ACTIONS)
+        if key != self._footer_key:
+            self._footer_key = key
             self.refresh_bindings()
 
     def _history_add(self, batch: Batch) -> None:
@@ -214,6 +250,7 @@ class MonitorApp(App[str | None]):
         worker = event.worker
         if worker.group == "stats" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
             if event.state == WorkerState.SUCCESS and isinstance(worker.result, Sample):
+                self._last_sample = worker.result
                 live = self.live
                 if live is not None:
                     live.query_one(UtilPane).show(worker.result)

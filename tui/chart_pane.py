@@ -12,7 +12,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
-from textual_plotext import PlotextPlot
 
 from tui import fmt
 
@@ -46,20 +45,31 @@ def series(results: list[dict[str, Any]]) -> dict[str, list]:
 class ChartPane(Vertical):
     DEFAULT_CSS = """
     ChartPane #spark { height: 1; }
-    ChartPane PlotextPlot { height: 1fr; min-height: 4; }
+    ChartPane #plot { height: 1fr; min-height: 4; }
     """
 
     def compose(self) -> ComposeResult:
         yield Static("", id="spark")
-        yield PlotextPlot(id="plot")
 
     def on_mount(self) -> None:
         self.border_title = "val_bpb"
         self.redraws = 0  # counted so tests can check it redraws only on new results
+        self.plot = None
+        self._data: tuple[list[dict[str, Any]], float | None] = ([], None)
         self.show([], None)
+        # plotext costs a noticeable share of start-up: bring it in after the first frame.
+        self.call_after_refresh(lambda: self.set_timer(0.05, self._mount_plot))
+
+    def _mount_plot(self) -> None:
+        from textual_plotext import PlotextPlot
+
+        self.plot = PlotextPlot(id="plot")
+        self.mount(self.plot)
+        self._draw(*self._data)
 
     def show(self, results: list[dict[str, Any]], baseline: float | None) -> None:
         self.redraws += 1
+        self._data = (results, baseline)
         s = series(results)
         line = Text(no_wrap=True, overflow="ellipsis")
         if s["y"]:
@@ -71,8 +81,13 @@ class ChartPane(Vertical):
         else:
             line.append("no results yet", style="dim")
         self.query_one("#spark", Static).update(line)
+        self._draw(results, baseline)
 
-        plot = self.query_one(PlotextPlot)
+    def _draw(self, results: list[dict[str, Any]], baseline: float | None) -> None:
+        plot = self.plot
+        if plot is None:
+            return
+        s = series(results)
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()

@@ -15,11 +15,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Static, TabbedContent, TabPane
+from textual.widgets import Log, Static, TabbedContent, TabPane
 
 from engine.rundir import RunDir, read_json
 from tui import fmt
 from tui.diff_pane import diff_renderable
+from tui.keybar import KeyBar
 from tui.rundata import decode_log_lines, read_small
 
 FULL_LOG_BYTES = 32 * 1024 * 1024  # beyond this only the tail of run.log is shown
@@ -145,7 +146,7 @@ class ExperimentScreen(Screen):
                     yield Static(Text("loading…", style="dim"), id="diff-detail")
             with TabPane("Log", id="log"):
                 yield Log(max_lines=LOG_LINES, auto_scroll=False, id="log-detail")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         n = self.record.get("n")
@@ -171,7 +172,7 @@ class ExperimentScreen(Screen):
         self.query_one("#hypothesis-text", Static).update(Text(str(hyp)))
         diff = data.get("diff")
         self.query_one("#diff-detail", Static).update(
-            diff_renderable(diff, self.app.current_theme.dark) if diff else Text("(no diff.patch)", style="dim")
+            diff_renderable(diff) if diff else Text("(no diff.patch)", style="dim")
         )
         widget = self.query_one("#log-detail", Log)
         widget.clear()

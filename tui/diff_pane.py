@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
+
+from tui.keybar import KeyBar
+
+# Unified-diff line kinds and their styles. A diff's own syntax is its line prefixes, so
+# colouring by prefix is the whole highlighter (and spares start-up a pygments import).
+DIFF_STYLES = (
+    ("diff --git", "bold"),
+    ("index ", "dim"),
+    ("--- ", "bold red"),
+    ("+++ ", "bold green"),
+    ("@@", "cyan"),
+    ("+", "green"),
+    ("-", "red"),
+)
 
 
-def diff_renderable(diff: str, theme_dark: bool = True) -> Syntax | Text:
+def diff_renderable(diff: str) -> Text:
     if not diff.strip():
         return Text("no change (yet)", style="dim")
-    return Syntax(
-        diff,
-        "diff",
-        theme="monokai" if theme_dark else "default",
-        background_color="default",
-        word_wrap=False,
-        line_numbers=False,
-    )
+    out = Text(no_wrap=True, overflow="crop")
+    for line in diff.splitlines():
+        style = next((st for prefix, st in DIFF_STYLES if line.startswith(prefix)), "")
+        out.append(line + "\n", style=style)
+    out.rstrip()
+    return out
 
 
 def diff_summary(diff: str) -> str:
@@ -59,7 +70,7 @@ class DiffPane(VerticalScroll):
         summary = diff_summary(diff)
         title = f"Pending change #{n:04d}" if n is not None else "Pending change"
         self.border_title = f"{title}  {summary}" if summary else title
-        self.query_one("#diff", Static).update(diff_renderable(diff, self.app.current_theme.dark))
+        self.query_one("#diff", Static).update(diff_renderable(diff))
 
 
 class DiffScreen(Screen):
@@ -79,5 +90,5 @@ class DiffScreen(Screen):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="diff-scroll") as scroll:
             scroll.border_title = self.title_text
-            yield Static(diff_renderable(self.diff, self.app.current_theme.dark), id="diff-full")
-        yield Footer()
+            yield Static(diff_renderable(self.diff), id="diff-full")
+        yield KeyBar()

@@ -13,10 +13,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from engine.rundir import STATUSES, RunDir
 from tui import fmt
+from tui.keybar import KeyBar
 from tui.table import Column, Record, TableHeader, VirtualTable
 
 
@@ -129,7 +130,7 @@ class HistoryScreen(Screen):
                 yield TableHeader(COLUMNS, id="header")
                 yield VirtualTable(COLUMNS, id="table")
             yield Preview(id="preview")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#list").border_title = f"History · {self.run.tag}"

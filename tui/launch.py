@@ -31,19 +31,19 @@ def default_tag(now: float | None = None) -> str:
 
 
 def resolve_repo(args: argparse.Namespace) -> Path:
+    """The repository's top level: the nearest directory up with a .git (dir or file).
+
+    A file-system walk rather than `git rev-parse`: attaching should not pay for a
+    subprocess before the first frame. The engine does the thorough checks.
+    """
     repo = Path(getattr(args, "repo", ".") or ".").expanduser()
     if not repo.is_dir():
         raise UsageError(f"{repo} is not a directory")
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--show-toplevel"],
-            capture_output=True, text=True, timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise UsageError(f"cannot run git: {e}") from None
-    if out.returncode != 0:
-        raise UsageError(f"{repo.resolve()} is not a git repository")
-    return Path(out.stdout.strip()).resolve()
+    repo = repo.resolve()
+    for candidate in (repo, *repo.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    raise UsageError(f"{repo} is not a git repository")
 
 
 def engine_pid(run: RunDir) -> int | None:

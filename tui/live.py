@@ -13,12 +13,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container
 from textual.screen import Screen
-from textual.widgets import Footer, Static, Tab, Tabs
+from textual.widgets import Static, Tab, Tabs
 
 from tui import fmt
 from tui.chart_pane import ChartPane
 from tui.diff_pane import DiffPane
 from tui.hypothesis_pane import HypothesisPane
+from tui.keybar import KeyBar
 from tui.log_pane import LogPane
 from tui.model import RunView
 from tui.util_pane import UtilPane
@@ -85,7 +86,7 @@ class LiveScreen(Screen):
             yield LogPane(id="log-pane", classes="pane switchable -active")
             yield UtilPane(id="util", classes="pane switchable")
             yield DiffPane(id="diff", classes="pane switchable")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         if hasattr(self.app, "live_ready"):

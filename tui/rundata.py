@@ -26,6 +26,9 @@ LOG_BACKLOG_BYTES = 256 * 1024
 EVENTS_BACKLOG_BYTES = 256 * 1024
 SMALL_FILE_BYTES = 512 * 1024  # diff.patch, hypothesis.md, eval.json: read at most this much
 WAKE_EVENTS = ("modified", "created", "moved", "deleted", "closed")  # writes, not reads
+# Importing watchdog waits this long after the first batch, so it does not compete with
+# the first frame for the CPU (two cores, one GIL).
+STARTUP_QUIET_S = 0.3
 
 
 @dataclass
@@ -275,8 +278,6 @@ class RunWatcher:
     # -- consumer side -----------------------------------------------------------
 
     def start(self) -> None:
-        if self.use_watchdog:
-            self._start_observer()
         self._thread = threading.Thread(target=self._loop, name="run-watcher", daemon=True)
         self._thread.start()
 
@@ -342,6 +343,21 @@ class RunWatcher:
             self.watchdog_error = f"{type(e).__name__}: {e}"
             self._observer = None
 
+    def _post(self, batch: Batch) -> bool:
+        self._watch_experiment_dir()
+        if batch.is_empty():
+            return False
+        self._acked.clear()
+        self.on_batch(batch)
+        return True
+
+    def _wait_for_ack(self) -> bool:
+        """Back-pressure: no new batch until the consumer is done with the last one."""
+        while not self._acked.wait(0.5):
+            if self._stop.is_set():
+                return False
+        return not self._stop.is_set()
+
     def _watch_experiment_dir(self) -> None:
         """Also watch the current experiment's directory (its run.log and diff.patch)."""
         if self._observer is None or self.reader.log_n is None:
@@ -364,19 +380,18 @@ class RunWatcher:
 
     def _loop(self) -> None:
         try:
+            self._post(self.reader.collect())  # the first batch, before watchdog is even imported
+            if self.use_watchdog and not self._stop.wait(STARTUP_QUIET_S):
+                self._start_observer()  # imported here, off the UI thread, after the first frame
             while not self._stop.is_set():
+                if not self._wait_for_ack():
+                    return
                 self._wake.clear()
-                batch = self.reader.collect()
-                self._watch_experiment_dir()
-                if not batch.is_empty():
-                    self._acked.clear()
-                    self.on_batch(batch)
-                    while not self._acked.wait(0.5):
-                        if self._stop.is_set():
-                            return
+                if self._post(self.reader.collect()):
                     # Let a burst of writes pile up a little so it arrives as one batch.
                     if self._stop.wait(self.min_interval):
                         return
+                    continue
                 interval = self.poll_interval if self._observer is not None else self.fallback_poll_interval
                 self._wake.wait(interval)
         except BaseException as e:  # reported by the consumer; never kills the process

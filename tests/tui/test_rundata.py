@@ -104,7 +104,6 @@ def test_watcher_delivers_changes_and_waits_for_ack(engine, use_watchdog):
     watcher = RunWatcher(engine.run, on_batch, use_watchdog=use_watchdog)
     watcher.start()
     try:
-        assert watcher.polling is (not use_watchdog)
         assert arrived.wait(5)
         view = RunView("test")
         view.apply(got[0])
@@ -125,6 +124,7 @@ def test_watcher_delivers_changes_and_waits_for_ack(engine, use_watchdog):
                 lines += got[-1].log_lines
         assert lines == [f"line {i}" for i in range(50)]
         assert len(got) <= 4  # 50 writes, a handful of batches
+        assert watcher.polling is (not use_watchdog)  # watchdog is up (it starts after the first batch)
     finally:
         watcher.stop()
     assert not watcher._thread.is_alive()

@@ -5,6 +5,8 @@ Update after an intended change with: pytest tests/tui/test_snapshots.py --snaps
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.tui.conftest import FixedSampler, fixed_clock, wait_for
@@ -14,6 +16,16 @@ from tui.log_pane import LogPane
 from tui.util_pane import UtilPane
 
 LOG = [f"step {i:05d} | loss {3.2 / (1 + i / 100):.4f} | lr 4.00e-03 | dt 102ms | tok/s 40213" for i in range(0, 400, 10)]
+
+
+@pytest.fixture(autouse=True)
+def _utc(monkeypatch):
+    """Clock times in the pictures must not depend on the machine's time zone."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 @pytest.fixture
