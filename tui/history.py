@@ -40,11 +40,11 @@ def _delta_cell(r: Record) -> tuple[str, str]:
 COLUMNS = [
     Column("n", "#", 5, lambda r: (str(r.get("n", "?")), "dim"), lambda r: _num(r.get("n")), right=True),
     Column("status", "status", 11, _status_cell, lambda r: str(r.get("status", ""))),
-    Column("metric", "val_bpb", 8, lambda r: (fmt.metric(r.get("metric")), ""), lambda r: _num(r.get("metric")), right=True),
+    Column("metric", "val_bpb", 9, lambda r: (fmt.metric(r.get("metric")), ""), lambda r: _num(r.get("metric")), right=True),
     Column("delta", "delta", 8, _delta_cell, lambda r: _num(r.get("delta")), right=True),
     Column("description", "description", None, lambda r: (fmt.one_line(r.get("description")), ""), lambda r: str(r.get("description") or "").lower()),
     Column("duration", "time", 7, lambda r: (fmt.duration(r.get("wall_seconds")), "dim"), lambda r: _num(r.get("wall_seconds")), right=True),
-    Column("commit", "commit", 7, lambda r: (fmt.short_commit(r.get("commit")), "dim"), lambda r: str(r.get("commit") or "")),
+    Column("commit", "commit", 8, lambda r: (fmt.short_commit(r.get("commit")), "dim"), lambda r: str(r.get("commit") or "")),
 ]
 SORT_ORDER = [c.key for c in COLUMNS]
 

@@ -35,6 +35,16 @@ class FollowLog(Log):
         if self.following:
             self.scroll_end(animate=False, immediate=True)
 
+    def write_lines(self, lines, scroll_end=None):  # type: ignore[no-untyped-def, override]
+        lines = list(lines)
+        prunes = self.max_lines is not None and self.line_count + len(lines) > self.max_lines
+        super().write_lines(lines, scroll_end)
+        if prunes:
+            # Textual's Log repaints only the rows of the new lines, but pruning the oldest
+            # lines shifted every row: without this the view freezes once MAX_LINES is hit.
+            self.refresh()
+        return self
+
 
 class LogPane(Vertical):
     DEFAULT_CSS = """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +30,8 @@ WAKE_EVENTS = ("modified", "created", "moved", "deleted", "closed")  # writes, n
 # Importing watchdog waits this long after the first batch, so it does not compete with
 # the first frame for the CPU (two cores, one GIL).
 STARTUP_QUIET_S = 0.3
+BUSY_RATE = 200.0  # log lines per second: above this, batches come less often...
+FLOOD_RATE = 1000.0  # ...and above this, at flood_interval (4 a second)
 
 
 @dataclass
@@ -256,6 +259,7 @@ class RunWatcher:
         poll_interval: float = 1.0,
         fallback_poll_interval: float = 0.1,
         min_interval: float = 0.05,
+        flood_interval: float = 0.25,
         alive: Callable[[RunDir], bool] = engine_alive,
     ):
         self.reader = RunReader(run, alive=alive)
@@ -264,7 +268,11 @@ class RunWatcher:
         self.use_watchdog = use_watchdog
         self.poll_interval = poll_interval
         self.fallback_poll_interval = fallback_poll_interval
-        self.min_interval = min_interval  # quiet time between batches, so bursts coalesce
+        # Quiet time between batches, so bursts coalesce: short for a normal log (a line
+        # shows within ~0.1 s), longer while a log floods (nobody reads 1,000 lines a
+        # second, and each batch costs a repaint: CPU here, bandwidth over SSH).
+        self.min_interval = min_interval
+        self.flood_interval = flood_interval
         self._wake = threading.Event()
         self._acked = threading.Event()
         self._acked.set()
@@ -343,6 +351,14 @@ class RunWatcher:
             self.watchdog_error = f"{type(e).__name__}: {e}"
             self._observer = None
 
+    def spacing(self, rate: float) -> float:
+        """Seconds from one batch to the next, given the log's rate in lines per second."""
+        if rate >= FLOOD_RATE:
+            return self.flood_interval
+        if rate >= BUSY_RATE:
+            return (self.min_interval + self.flood_interval) / 2
+        return self.min_interval
+
     def _post(self, batch: Batch) -> bool:
         self._watch_experiment_dir()
         if batch.is_empty():
@@ -383,14 +399,21 @@ class RunWatcher:
             self._post(self.reader.collect())  # the first batch, before watchdog is even imported
             if self.use_watchdog and not self._stop.wait(STARTUP_QUIET_S):
                 self._start_observer()  # imported here, off the UI thread, after the first frame
+            next_post = last_post = time.monotonic()
             while not self._stop.is_set():
                 if not self._wait_for_ack():
                     return
+                gap = next_post - time.monotonic()
+                if gap > 0 and self._stop.wait(gap):  # let a burst pile up into one batch
+                    return
                 self._wake.clear()
-                if self._post(self.reader.collect()):
-                    # Let a burst of writes pile up a little so it arrives as one batch.
-                    if self._stop.wait(self.min_interval):
-                        return
+                batch = self.reader.collect()
+                if self._post(batch):
+                    now = time.monotonic()
+                    rate = len(batch.log_lines) / max(now - last_post, 1e-3)
+                    if batch.log_skipped_bytes:
+                        rate = float("inf")
+                    last_post, next_post = now, now + self.spacing(rate)
                     continue
                 interval = self.poll_interval if self._observer is not None else self.fallback_poll_interval
                 self._wake.wait(interval)

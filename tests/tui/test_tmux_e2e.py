@@ -20,6 +20,8 @@ import pytest
 
 from engine.lock import holder_pid
 from engine.rundir import RunDir
+from tests.tui.fake_engine import FakeEngine
+from tui.log_pane import MAX_LINES
 
 TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="needs tmux")
@@ -171,3 +173,22 @@ def test_monitor_in_tmux_against_the_real_engine(genome, tmp_path):
             deadline = time.monotonic() + 20
             while holder_pid(run.lock) and time.monotonic() < deadline:
                 time.sleep(0.1)
+
+
+def test_log_keeps_painting_past_its_line_limit(repo, tmp_path):
+    """Textual's Log stops repainting once it drops old lines; ours must not (real terminal)."""
+    engine = FakeEngine(repo, "flood").start()
+    engine.begin(1, "d", "h")
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "NO_COLOR")}
+    env.update(TERM="xterm-256color", XDG_CONFIG_HOME=str(tmp_path / "config"))
+    tmux = Tmux(f"autoresearch-flood-{os.getpid()}", env)
+    try:
+        tmux.start(f"{shlex.quote(sys.executable)} -m autoresearch --repo {shlex.quote(str(repo))} tui --tag flood", 100, 30)
+        tmux.wait_for(lambda s: "Training log #0001" in s, "the monitor")
+        engine.log(1, *[f"line {i:05d}" for i in range(MAX_LINES + 100)])  # at the limit
+        tmux.wait_for(lambda s: f"line {MAX_LINES + 99:05d}" in s, "the first lines")
+        engine.log(1, *[f"more {i:05d}" for i in range(50)])  # each write now drops old lines
+        tmux.wait_for(lambda s: "more 00049" in s, "the newest line painted past the limit", timeout=15)
+    finally:
+        tmux.kill()
+        engine.release()
