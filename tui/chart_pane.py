@@ -11,7 +11,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Static
+from textual.widget import Widget
 
 from tui import fmt
 
@@ -42,21 +42,50 @@ def series(results: list[dict[str, Any]]) -> dict[str, list]:
     return {"x": xs, "y": ys, "keep_x": keep_x, "keep_y": keep_y, "best_x": best_x, "best_y": best_y}
 
 
+class SparkLine(Widget):
+    """One line: the val_bpb sparkline sized to the pane, then the last and best values."""
+
+    DEFAULT_CSS = "SparkLine { height: 1; }"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.values: list[float] = []
+        self.best: float | None = None
+
+    def set(self, values: list[float], best: float | None) -> None:
+        self.values, self.best = values, best
+        self.refresh()
+
+    def render(self) -> Text:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        if not self.values:
+            line.append("no results yet", style="dim")
+            return line
+        tail = f"  last {fmt.metric(self.values[-1])}"
+        best = f"  best {fmt.metric(self.best)}" if self.best is not None else ""
+        room = max(4, min(SPARK_WIDTH, self.size.width - len(tail) - len(best)))
+        line.append(fmt.spark(self.values, room), style="cyan")  # low is good, as in the plot
+        line.append(tail)
+        line.append(best, style="bold green")
+        return line
+
+
 class ChartPane(Vertical):
     DEFAULT_CSS = """
-    ChartPane #spark { height: 1; }
     ChartPane #plot { height: 1fr; min-height: 4; }
     """
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.redraws = 0  # counted so tests can check it redraws only on new results
+        self.plot: Any = None
+        self._data: tuple[list[dict[str, Any]], float | None] = ([], None)
+
     def compose(self) -> ComposeResult:
-        yield Static("", id="spark")
+        yield SparkLine(id="spark")
 
     def on_mount(self) -> None:
         self.border_title = "val_bpb"
-        self.redraws = 0  # counted so tests can check it redraws only on new results
-        self.plot = None
-        self._data: tuple[list[dict[str, Any]], float | None] = ([], None)
-        self.show([], None)
         # plotext costs a noticeable share of start-up: bring it in after the first frame.
         self.call_after_refresh(lambda: self.set_timer(0.05, self._mount_plot))
 
@@ -71,16 +100,7 @@ class ChartPane(Vertical):
         self.redraws += 1
         self._data = (results, baseline)
         s = series(results)
-        line = Text(no_wrap=True, overflow="ellipsis")
-        if s["y"]:
-            room = max(8, min(SPARK_WIDTH, self.content_region.width - 32))
-            line.append(fmt.spark(s["y"], room), style="cyan")  # low is good, as in the plot
-            line.append(f"  last {fmt.metric(s['y'][-1])}")
-            if s["best_y"]:
-                line.append(f"  best {fmt.metric(s['best_y'][-1])}", style="bold green")
-        else:
-            line.append("no results yet", style="dim")
-        self.query_one("#spark", Static).update(line)
+        self.query_one(SparkLine).set(s["y"], s["best_y"][-1] if s["best_y"] else None)
         self._draw(results, baseline)
 
     def _draw(self, results: list[dict[str, Any]], baseline: float | None) -> None:

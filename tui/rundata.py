@@ -317,7 +317,8 @@ class RunWatcher:
 
     @property
     def polling(self) -> bool:
-        return self._observer is None
+        """True when changes are found by polling only (watchdog off or unavailable)."""
+        return not self.use_watchdog or self.watchdog_error is not None
 
     # -- watcher thread ------------------------------------------------------------
 

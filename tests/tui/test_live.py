@@ -55,7 +55,8 @@ async def test_panes_show_what_the_files_say(engine):
         assert log_lines(app) == ["step 1 | loss 3.2", "step 2 | loss 3.1"]
         diff = app.screen.query_one(DiffPane)
         assert "LEARNING_RATE = 0.004" in diff.text and "train.py +1 -1" in str(diff.border_title)
-        assert "last" in text_of(app, "#spark") and "best" in text_of(app, "#spark")
+        spark = rendered(app.screen.query_one("#spark"))
+        assert "last" in spark and "best" in spark
         assert "engine running" in text_of(app, "#topbar")
         assert "training cpu" in str(app.screen.query_one(UtilPane).render())
 
