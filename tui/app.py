@@ -92,6 +92,8 @@ class MonitorApp(App[str | None]):
         self._panes_ready = False
         self._last_sample: Sample | None = None
         self._footer_key: tuple[bool, ...] | None = None
+        self._sent_at: dict[str, float] = {}
+        self._opened_at = time.time()
         self._polling_noted = False
         self.theme_problems: list[str] = []
         self._requested_theme = theme
@@ -198,6 +200,8 @@ class MonitorApp(App[str | None]):
         if changed & {"state", "alive"}:
             self._show_engine(live, now)
             self._refresh_footer()
+        if "command" in changed:
+            self._commands_from_elsewhere(batch)
 
     def _refresh_footer(self) -> None:
         """Rebuild the footer only when what applies changed (it recomposes every key)."""
@@ -205,6 +209,19 @@ class MonitorApp(App[str | None]):
         if key != self._footer_key:
             self._footer_key = key
             self.refresh_bindings()
+
+    def _commands_from_elsewhere(self, batch: Batch) -> None:
+        """Commands another client sent (`autoresearch ctl`, a second monitor) show too."""
+        for ev in batch.events:
+            if ev.get("type") != "command" or not isinstance(ev.get("ts"), (int, float)):
+                continue
+            cmd = str(ev.get("cmd"))
+            ours = self._sent_at.get(cmd)
+            if ev["ts"] < self._opened_at or (ours is not None and abs(ev["ts"] - ours) < 30):
+                continue  # from before we attached, or our own (already acknowledged)
+            result = "accepted" if ev.get("result") == "accepted" else "refused"
+            reason = str(ev.get("reason") or "")
+            self._show_ack(Ack(cmd, result, f"sent elsewhere{': ' + reason if reason else ''}"))
 
     def _history_add(self, batch: Batch) -> None:
         from tui.history import HistoryScreen
@@ -333,6 +350,7 @@ class MonitorApp(App[str | None]):
             return False
         self._in_flight.add(cmd)
         self._last_sent[cmd] = now
+        self._sent_at[cmd] = time.time()  # wall clock, to recognise our own command events
         sock = self.run_dir.socket
         self.run_worker(
             lambda: send_command(sock, cmd, text),

@@ -39,6 +39,7 @@ class RunView:
     last_error: str | None = None
     last_event_ts: float | None = None
     engine_events: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)  # acknowledged commands, newest last
 
     def apply(self, batch: Batch) -> set[str]:
         changed: set[str] = set()
@@ -84,6 +85,10 @@ class RunView:
         if kind == "error":
             self.last_error = str(ev.get("message", ""))
             return {"state"}
+        if kind == "command":
+            self.commands.append(ev)
+            del self.commands[:-16]
+            return {"command"}
         if kind == "engine":
             self.engine_events.append(ev)
             del self.engine_events[:-8]

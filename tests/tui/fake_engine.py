@@ -13,6 +13,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,9 @@ class FakeEngine:
         if self.reply_delay:
             threading.Event().wait(self.reply_delay)
         cmd = request["cmd"]
+        now = time.time()  # acknowledgements are stamped with the real clock, as the engine does
         if cmd in self.refuse:
-            self.event("command", cmd=cmd, text=request.get("text"), result="refused", reason=self.refuse[cmd])
+            self.event("command", cmd=cmd, text=request.get("text"), result="refused", reason=self.refuse[cmd], ts=now)
             return refused(self.refuse[cmd])
         if cmd == "pause":
             self.set_state(pause_requested=True)
@@ -126,7 +128,7 @@ class FakeEngine:
             self.set_state(pause_requested=False, paused=False)
         elif cmd == "stop":
             self.set_state(stop_requested=True)
-        self.event("command", cmd=cmd, text=request.get("text"), result="accepted", reason="")
+        self.event("command", cmd=cmd, text=request.get("text"), result="accepted", reason="", ts=now)
         return accepted(f"{cmd} noted")
 
     def sent(self) -> list[str]:
@@ -245,7 +247,6 @@ def main(argv: list[str]) -> None:
     with no arguments): the test points the launch command here instead.
     """
     import signal
-    import time
 
     repo, tag = Path(argv[0]), argv[1]
     engine = FakeEngine(repo, tag, t0=time.time())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from textual.widgets import Input, Static
 
@@ -303,3 +305,21 @@ async def test_help_and_full_diff(engine):
         assert type(app.screen).__name__ == "HelpScreen"
         await pilot.press("escape")
         assert isinstance(app.screen, LiveScreen)
+
+
+async def test_commands_sent_elsewhere_are_shown(engine):
+    engine.begin(1, "d", "h")
+    engine.event("command", cmd="note", text="old", result="accepted", reason="", ts=1.0)  # before we attached
+    app = make_app(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view.n == 1, "the state")
+        assert app.acks == []
+        engine.event("command", cmd="pause", text=None, result="accepted", reason="", ts=time.time())
+        await wait_for(pilot, lambda: app.acks, "the other client's command")
+        assert (app.acks[-1].cmd, app.acks[-1].result, app.acks[-1].message) == ("pause", "accepted", "sent elsewhere")
+        await pilot.press("n")
+        app.screen.query_one(Input).value = "mine"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app.acks) == 2, "our own ack")
+        await pilot.pause(0.3)  # the engine's event for our note must not show a second time
+        assert len(app.acks) == 2
