@@ -150,6 +150,7 @@ class HistoryScreen(Screen):
         table = self.table
         keep = table.current
         rows = select_rows(self.records, self.status, self.needle, self.sort_key, self.reverse)
+        table.empty_text = "no experiments match" if self.records else "no experiments finished yet"
         table.set_rows(rows, keep=keep)
         self.query_one(TableHeader).set_sort(self.sort_key, self.reverse)
         self.query_one("#filter", Static).update(Text(f"status: {self.status} (f)"))

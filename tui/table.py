@@ -128,6 +128,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self.columns = columns
         self.rows: list[Record] = []
         self._styles: dict[str, Style] = {}
+        self.empty_text = "nothing to show"
 
     def set_rows(self, rows: list[Record], keep: Record | None = None) -> None:
         """Show these records; keep the cursor on ``keep`` if it is still among them."""
@@ -176,6 +177,8 @@ class VirtualTable(ScrollView, can_focus=True):
         width = self.size.width
         base = self.rich_style
         if index >= len(self.rows):
+            if index == 0:  # nothing to list: say so rather than show a blank box
+                return Strip([Segment(fit(self.empty_text, width), base + Style(dim=True, italic=True))])
             return Strip.blank(width, base)
         record = self.rows[index]
         widths = layout(self.columns, width)
