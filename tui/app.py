@@ -110,9 +110,11 @@ class MonitorApp(App[str | None]):
         for theme in themes:
             self.register_theme(theme)
         wanted = self._requested_theme or chosen_theme()
+        fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
         if wanted not in self.available_themes:
-            self.theme_problems.append(f"unknown theme {wanted!r}; using {DEFAULT_THEME}")
-            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+            if wanted != DEFAULT_THEME:  # our own files missing (an install without themes/) is no news
+                self.theme_problems.append(f"unknown theme {wanted!r}; using {fallback}")
+            wanted = fallback
         self.theme = wanted
 
     def on_mount(self) -> None:
