@@ -79,6 +79,8 @@ class Tmux:
 
     def kill(self) -> None:
         self._tmux("kill-server")
+        socket_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (socket_dir / self.name).unlink(missing_ok=True)  # tmux leaves its socket file behind
 
 
 def monitor_command(repo: Path, tag: str = "bench") -> str:

@@ -125,6 +125,8 @@ class Tmux:
 
     def kill(self) -> None:
         self.run("kill-server", check=False)
+        socket_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (socket_dir / self.socket).unlink(missing_ok=True)  # tmux leaves its socket file behind
 
 
 def test_monitor_in_tmux_against_the_real_engine(genome, tmp_path):
