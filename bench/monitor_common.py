@@ -7,6 +7,7 @@ terminal (tmux), attached to a run directory written by the fake engine of the t
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import shutil
@@ -27,7 +28,9 @@ TMUX = shutil.which("tmux")
 
 def make_run(results: int = 40, tag: str = "bench") -> tuple[Path, FakeEngine]:
     """A git repo with a run of ``results`` finished experiments and #results running."""
-    repo = Path(tempfile.mkdtemp(prefix="autoresearch-bench-")) / "repo"
+    root = Path(tempfile.mkdtemp(prefix="autoresearch-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    repo = root / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     engine = FakeEngine(repo, tag, t0=time.time())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,8 @@ LOG = [f"step {i:05d} | loss {3.2 / (1 + i / 100):.4f} | lr 4.00e-03 | dt 102ms 
 
 
 async def shoot(out: Path, width: int, height: int) -> None:
-    repo = Path(tempfile.mkdtemp(prefix="autoresearch-shot-")) / "repo"
+    root = Path(tempfile.mkdtemp(prefix="autoresearch-shot-"))
+    repo = root / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     engine = FakeEngine(repo, "nov23", agent={"name": "claude", "model": "claude-sonnet-5-5"}).start()
@@ -56,6 +58,7 @@ async def shoot(out: Path, width: int, height: int) -> None:
             app.save_screenshot(filename=out.name, path=str(out.parent))
     finally:
         engine.release()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
