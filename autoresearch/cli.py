@@ -71,7 +71,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # "ctl note --tag T some words": words after an option still belong to the note.
+        if args.command == "ctl" and not any(e.startswith("-") for e in extra):
+            args.text = list(args.text) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return dispatch(args)
     except UsageError as e:

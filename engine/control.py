@@ -127,6 +127,10 @@ class ControlServer:
         self._closing.set()
         if self._sock is not None:
             try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes accept() at once on Linux
+            except OSError:
+                pass
+            try:
                 self._sock.close()
             except OSError:
                 pass
