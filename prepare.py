@@ -33,7 +33,10 @@ import time
 import types
 from pathlib import Path
 
-import torch
+# OpenMP threads sleep while they wait instead of spinning (much faster on a busy machine).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 # --- constants (fixed for every experiment) -----------------------------------
 
@@ -210,8 +213,8 @@ def build_cache(source: str | None = None, force: bool = False) -> Path:
     if not docs:
         raise UsageError(f"--source {source}: no text files found")
 
+    # Build beside the cache; the old cache stays whole until the new one has passed every check.
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # no manifest = no cache while we build
     tmp = out / ".building"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -229,14 +232,15 @@ def build_cache(source: str | None = None, force: bool = False) -> Path:
                 counts[split] += 1
             progress.update(i)
     progress.close()
-    if counts["train"] + counts["val"] == 0:
+    total = (tmp / "train.bin").stat().st_size + (tmp / "val.bin").stat().st_size
+    if counts["train"] + counts["val"] == 0 or total < 2 * MIN_TRAIN_BYTES:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UsageError(f"--source {source}: no text files found (UTF-8, no NUL bytes)")
+        if counts["train"] + counts["val"] == 0:
+            raise UsageError(f"--source {source}: no text files found (UTF-8, no NUL bytes)")
+        raise UsageError(f"--source {source}: too little text ({total} bytes; at least {2 * MIN_TRAIN_BYTES} needed)")
     _ensure_both_splits(tmp, counts)
-    if (tmp / "train.bin").stat().st_size < MIN_TRAIN_BYTES:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UsageError(f"too little text: need at least {MIN_TRAIN_BYTES * 2} bytes in total")
 
+    (out / "manifest.json").unlink(missing_ok=True)  # no manifest = no cache while files move
     artifacts = {}
     for name in ("train.bin", "val.bin"):
         os.replace(tmp / name, out / name)

@@ -20,6 +20,8 @@ import resource
 import sys
 import time
 
+started_at = time.time()  # for total_seconds: includes importing torch
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,21 +30,24 @@ import prepare
 
 # --- hyperparameters (plain literals, one per line: tools edit them in place) ---
 
-DEPTH = 4  # number of transformer blocks
-WIDTH = 256  # model width: channels of the residual stream
+DEPTH = 2  # number of transformer blocks
+WIDTH = 128  # model width: channels of the residual stream
 HEADS = 4  # attention heads; WIDTH must be divisible by HEADS
 MLP_MULT = 4  # MLP hidden units per residual channel
-SEQ_LEN = 256  # context length in bytes (at most prepare.MAX_SEQ_LEN)
+SEQ_LEN = 128  # context length in bytes (at most prepare.MAX_SEQ_LEN)
 BATCH_SIZE = 32  # sequences per optimizer step
-MATRIX_LR = 3e-3  # peak AdamW learning rate of the transformer's weight matrices
-EMBED_LR = 1e-2  # peak AdamW learning rate of the byte embedding (shared with the output head)
-WEIGHT_DECAY = 0.1  # decoupled weight decay on weight matrices
-ADAM_BETA1 = 0.9  # AdamW first-moment decay
-ADAM_BETA2 = 0.95  # AdamW second-moment decay
+MATRIX_LR = 0.04  # peak Muon learning rate of the transformer's weight matrices
+MUON_MOMENTUM = 0.95  # Muon (Nesterov) momentum
+EMBED_LR = 2e-2  # peak Adam learning rate of the byte embedding (shared with the output head)
+WEIGHT_DECAY = 0.0  # decoupled weight decay on weight matrices, per unit of learning rate
+ADAM_BETA1 = 0.9  # Adam first-moment decay (embedding)
+ADAM_BETA2 = 0.95  # Adam second-moment decay (embedding)
 GRAD_CLIP = 1.0  # clip the global gradient norm to this (0 turns clipping off)
 WARMUP_FRAC = 0.02  # share of the budget spent ramping the learning rate up from zero
 WARMDOWN_FRAC = 0.4  # share of the budget at the end spent ramping it down to zero
 ROPE_BASE = 10000  # base period of the rotary position embedding
+NGRAM_ORDER = 5  # the last 2..N bytes, hashed, each get an embedding added to the input (1: off)
+NGRAM_BUCKETS = 8192  # rows of each hashed n-gram embedding table
 LOGIT_SOFTCAP = 15  # output logits are squashed to (-cap, cap) by tanh (0 turns it off)
 SEED = 0  # random seed for initialization and batch sampling
 
@@ -73,7 +78,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width, bias=False)
         self.rotary = Rotary(self.head_dim, seq_len, rope_base)
-        self.register_buffer("future", torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1), persistent=False)
+        future = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)
+        self.register_buffer("mask", torch.zeros(seq_len, seq_len).masked_fill(future, -math.inf), persistent=False)
 
     def forward(self, x):
         B, T, C = x.shape
@@ -82,8 +88,7 @@ class Attention(nn.Module):
         q, k = self.rotary(q), self.rotary(k)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
             # Plain matmuls beat the fused kernel for bf16 on CPU (its backward is slow there).
-            scores = (q @ k.transpose(-2, -1)).float() * self.head_dim**-0.5
-            scores = scores.masked_fill(self.future[:T, :T], float("-inf"))
+            scores = (q @ k.transpose(-2, -1)).float() * self.head_dim**-0.5 + self.mask[:T, :T]
             y = scores.softmax(dim=-1).to(v.dtype) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -114,18 +119,21 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Byte-level decoder: forward(idx) -> logits of shape batch x time x 256."""
 
-    def __init__(self, depth, width, heads, mlp_mult, seq_len, rope_base, logit_softcap):
+    def __init__(self, depth, width, heads, mlp_mult, seq_len, rope_base, logit_softcap, ngram_order, ngram_buckets):
         super().__init__()
         self.seq_len = seq_len  # the evaluator feeds windows of this many bytes
         self.logit_softcap = logit_softcap
         self.embed = nn.Embedding(prepare.VOCAB_SIZE, width)
+        self.ngrams = nn.ModuleList(nn.Embedding(ngram_buckets, width) for _ in range(2, ngram_order + 1))
         self.blocks = nn.ModuleList(Block(width, heads, mlp_mult, seq_len, rope_base) for _ in range(depth))
         self.reset_parameters(depth)
 
     def reset_parameters(self, depth):
         nn.init.normal_(self.embed.weight, std=0.5)  # tied head: logits = x @ embed.T
         for name, p in self.named_parameters():
-            if p.dim() == 2 and name != "embed.weight":
+            if name.startswith("ngrams."):
+                nn.init.zeros_(p)
+            elif p.dim() == 2 and name != "embed.weight":
                 fan_in = p.shape[1]
                 std = fan_in**-0.5
                 if name.endswith(("proj.weight", "down.weight")):  # residual branches start small
@@ -134,6 +142,10 @@ class GPT(nn.Module):
 
     def forward(self, idx):
         x = self.embed(idx)
+        h = idx  # hash of this byte and the n before it (zeros before the window starts)
+        for n, table in enumerate(self.ngrams, start=1):
+            h = F.pad(idx, (n, 0))[:, : idx.shape[1]] * 263**n + h
+            x = x + table(h % table.num_embeddings)
         for block in self.blocks:
             x = block(x)
         x = F.rms_norm(x, (x.shape[-1],))
@@ -153,6 +165,8 @@ def model_config():
         seq_len=SEQ_LEN,
         rope_base=ROPE_BASE,
         logit_softcap=LOGIT_SOFTCAP,
+        ngram_order=NGRAM_ORDER,
+        ngram_buckets=NGRAM_BUCKETS,
     )
 
 
@@ -183,6 +197,10 @@ def check_hyperparameters():
         fail(f"the head size WIDTH/HEADS ({WIDTH // HEADS}) must be even for rotary embeddings")
     if SEQ_LEN > prepare.MAX_SEQ_LEN:
         fail(f"SEQ_LEN ({SEQ_LEN}) must be at most prepare.MAX_SEQ_LEN ({prepare.MAX_SEQ_LEN})")
+    if not 1 <= NGRAM_ORDER <= 7 or not isinstance(NGRAM_ORDER, int):
+        fail(f"NGRAM_ORDER must be an integer from 1 to 7, not {NGRAM_ORDER!r}")
+    if NGRAM_ORDER > 1 and (not isinstance(NGRAM_BUCKETS, int) or NGRAM_BUCKETS < 1):
+        fail(f"NGRAM_BUCKETS must be a positive integer, not {NGRAM_BUCKETS!r}")
     if WARMUP_FRAC + WARMDOWN_FRAC > 1:
         fail("WARMUP_FRAC + WARMDOWN_FRAC must not exceed 1")
 
@@ -196,18 +214,72 @@ def lr_scale(progress):
     return 1.0
 
 
-def make_optimizer(model, fused):
-    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "embed.weight"]
-    others = [p for n, p in model.named_parameters() if p.dim() < 2 and n != "embed.weight"]
-    groups = [
-        dict(params=[model.embed.weight], lr=EMBED_LR, weight_decay=0.0),
-        dict(params=matrices, lr=MATRIX_LR, weight_decay=WEIGHT_DECAY),
+def orthogonalize(g, steps=5):
+    """Newton-Schulz iteration: the nearest semi-orthogonal matrix to g (Muon's update)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16()
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return (x.T if tall else x).float()
+
+
+# The optimizers are written out here rather than taken from torch.optim: they stay readable,
+# and torch.optim imports torch._dynamo, which costs 1-2 s of start-up on a CPU.
+
+
+class Muon:
+    """Momentum SGD whose update for each weight matrix is orthogonalized (Keller Jordan's Muon)."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        self.params, self.lr, self.momentum, self.weight_decay = list(params), lr, momentum, weight_decay
+        self.buffers = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()
+    def step(self):
+        for p, buf in zip(self.params, self.buffers):
+            buf.lerp_(p.grad, 1 - self.momentum)
+            update = orthogonalize(p.grad.lerp(buf, self.momentum))  # Nesterov momentum
+            p.mul_(1 - self.lr * self.weight_decay)
+            p.add_(update.to(p.dtype), alpha=-self.lr * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
+
+
+class Adam:
+    """Adam with bias correction, for the byte embedding (and any vector parameters)."""
+
+    def __init__(self, params, lr, betas, eps=1e-8):
+        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self):
+        self.steps += 1
+        beta1, beta2 = self.betas
+        correction1, correction2 = 1 - beta1**self.steps, 1 - beta2**self.steps
+        for p, (m, v) in zip(self.params, self.moments):
+            m.lerp_(p.grad, 1 - beta1)
+            v.lerp_(p.grad.square(), 1 - beta2)
+            denominator = (v / correction2).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denominator, value=-self.lr / correction1)
+
+
+def make_optimizers(model):
+    """Muon for the weight matrices of the blocks; Adam for the embedding tables (and any vectors)."""
+    tables = {"embed.weight"} | {n for n, _ in model.named_parameters() if n.startswith("ngrams.")}
+    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and n not in tables]
+    others = [p for n, p in model.named_parameters() if p.dim() < 2 or n in tables]
+    optimizers = [
+        Adam(others, lr=EMBED_LR, betas=(ADAM_BETA1, ADAM_BETA2)),
+        Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY),
     ]
-    if others:
-        groups.append(dict(params=others, lr=MATRIX_LR, weight_decay=0.0))
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    return torch.optim.AdamW(groups, betas=(ADAM_BETA1, ADAM_BETA2), fused=fused or None)
+    for opt in optimizers:
+        opt.base_lr = opt.lr
+    return optimizers
 
 
 def peak_memory_mb(device):
@@ -230,6 +302,39 @@ def use_bf16(device):
     return False
 
 
+class ThreadChooser:
+    """Times a few CPU steps with all threads and with one, keeps the faster, and asks again
+    every `period` seconds. On an idle machine all threads win; when other processes compete
+    for the cores, OpenMP threads waiting on each other can make a step several times slower
+    than a single thread."""
+
+    def __init__(self, period=10.0, probe_steps=3):
+        most = torch.get_num_threads()
+        self.options = [most, 1] if most > 1 else []
+        self.period, self.probe_steps = period, probe_steps
+        self.trial, self.next_probe = None, 0.0
+
+    def step_done(self, dt, elapsed):
+        if not self.options:
+            return
+        if self.trial is None:
+            if elapsed >= self.next_probe:  # start a probe with the first option
+                self.trial = {n: [] for n in self.options}
+                torch.set_num_threads(self.options[0])
+            return
+        times = self.trial[torch.get_num_threads()]
+        times.append(dt)
+        if len(times) < self.probe_steps:
+            return
+        untried = [n for n in self.options if len(self.trial[n]) < self.probe_steps]
+        if untried:
+            torch.set_num_threads(untried[0])
+        else:
+            median = {n: sorted(t)[len(t) // 2] for n, t in self.trial.items()}
+            torch.set_num_threads(min(median, key=median.get))
+            self.trial, self.next_probe = None, elapsed + self.period
+
+
 def gpu_peak_flops():
     """Dense bf16 peak of the GPU, for MFU; 0 when the model is not in this short table."""
     name = torch.cuda.get_device_name().lower()
@@ -240,7 +345,6 @@ def gpu_peak_flops():
 
 
 def train():
-    t_start = time.time()
     check_hyperparameters()
     torch.manual_seed(SEED)
     device = prepare.DEVICE
@@ -254,7 +358,7 @@ def train():
 
     model = GPT(**model_config()).to(device)
     num_params = sum(p.numel() for p in model.parameters())
-    optimizer = make_optimizer(model, fused=device == "cuda")
+    optimizers = make_optimizers(model)
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16(device))
     step_fn = torch.compile(model) if device == "cuda" else model
     print(
@@ -266,22 +370,24 @@ def train():
     # Steps before `uncounted_steps` are warm-up (allocation, compilation): they train the
     # model but their time does not count toward the budget.
     uncounted_steps = 10 if device == "cuda" else 1
+    threads = ThreadChooser() if device == "cpu" else None
     log_every = max(1.0, budget / 30)
     training_seconds, step, tokens_seen, last_log = 0.0, 0, 0, 0.0
     smooth_loss, loss_value = None, float("nan")
     while True:
         t0 = time.time()
         progress = min(training_seconds / budget, 1.0)
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr_scale(progress)
+        for opt in optimizers:
+            opt.lr = opt.base_lr * lr_scale(progress)
         with autocast:
             logits = step_fn(x)
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         if GRAD_CLIP > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
         x, y = next(batches)  # fetch the next batch while the device finishes this step
         loss_value = loss.item()
         if device == "cuda":
@@ -292,6 +398,8 @@ def train():
             fail(f"loss is {loss_value} at step {step}: training diverged")
         if step > uncounted_steps:
             training_seconds += dt
+            if threads is not None:
+                threads.step_done(dt, training_seconds)
             tokens_seen += BATCH_SIZE * SEQ_LEN
         smooth_loss = loss_value if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss_value
         if step == 1 or training_seconds - last_log >= log_every or training_seconds >= budget:
@@ -300,7 +408,7 @@ def train():
             remaining = max(0.0, budget - training_seconds)
             print(
                 f"step {step:5d} | loss {smooth_loss:.4f} | {tok_s:9,.0f} tok/s | "
-                f"lr x{lr_scale(progress):.2f} | remaining {remaining:5.1f}s",
+                f"lr x{lr_scale(progress):.2f} | remaining {remaining:5.1f}s | threads {torch.get_num_threads()}",
                 flush=True,
             )
         if training_seconds >= budget:
@@ -311,11 +419,13 @@ def train():
     torch.save({"config": model_config(), "state_dict": state}, checkpoint_path)
 
     tokens_per_sec = tokens_seen / max(training_seconds, 1e-9)
-    # 6 FLOPs per parameter per token, plus attention scores and values.
-    flops_per_token = 6 * num_params + 12 * DEPTH * WIDTH * SEQ_LEN
+    # 6 FLOPs per token for each weight used in a matmul (the blocks and the tied output head;
+    # n-gram tables are lookups), plus attention scores and values.
+    matmul_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("blocks."))
+    flops_per_token = 6 * (matmul_params + model.embed.weight.numel()) + 12 * DEPTH * WIDTH * SEQ_LEN
     print("---")
     print(f"training_seconds: {training_seconds:.1f}")
-    print(f"total_seconds: {time.time() - t_start:.1f}")
+    print(f"total_seconds: {time.time() - started_at:.1f}")
     print(f"peak_mem_mb: {peak_memory_mb(device):.1f}")
     print(f"tokens_per_sec: {tokens_per_sec:.0f}")
     if device == "cuda" and gpu_peak_flops() > 0:

@@ -2,7 +2,7 @@
 
 A textbook small GPT with none of the baseline's tuning: 3 layers, width 128,
 4 heads, context 128, learned position embeddings, LayerNorm, GELU, an untied
-output head, AdamW at a constant lr of 4e-3, float32. It follows train.py's
+output head, AdamW at a constant lr of 4e-3, float32, torch's default threading. It follows train.py's
 contract (same budget accounting, summary block, checkpoint format and
 load_model), so bench/baseline_quality.py trains it the same way and scores it
 through the same evaluator:

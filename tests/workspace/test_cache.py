@@ -12,6 +12,8 @@ import pytest
 
 import prepare
 
+from .util import small_config
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,7 +63,23 @@ def test_bad_source_is_one_clear_line_and_exit_2(tmp_path, capsys):
     (binaries / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
     assert prepare.main(["--source", str(binaries)]) == 2
     assert "no text files found" in capsys.readouterr().err
+
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("too short\n")
+    assert prepare.main(["--source", str(tiny)]) == 2
+    assert "too little text" in capsys.readouterr().err
     assert not (Path(os.environ["AUTORESEARCH_CACHE"]) / "manifest.json").exists()
+
+
+def test_bad_source_leaves_the_existing_cache_alone(cache, tmp_path):
+    before = (cache / "manifest.json").read_bytes()
+    binaries = tmp_path / "binaries"
+    binaries.mkdir()
+    (binaries / "blob.bin").write_bytes(b"\x00" * 5000)
+    with pytest.raises(prepare.UsageError):
+        prepare.build_cache(str(binaries), force=True)
+    assert (cache / "manifest.json").read_bytes() == before
+    prepare.verify_cache()
 
 
 def test_a_different_source_needs_force(cache, tmp_path):
@@ -105,10 +123,9 @@ def test_tampered_cache_fails_isolated_evaluation(cache, tmp_path):
 
     import train
 
-    model = train.GPT(depth=1, width=32, heads=2, mlp_mult=2, seq_len=32, rope_base=10000, logit_softcap=0)
+    config = small_config()
     ckpt = tmp_path / "c.pt"
-    torch.save({"config": dict(depth=1, width=32, heads=2, mlp_mult=2, seq_len=32, rope_base=10000, logit_softcap=0),
-                "state_dict": model.state_dict()}, ckpt)
+    torch.save({"config": config, "state_dict": train.GPT(**config).state_dict()}, ckpt)
     (cache / "train.bin").write_bytes((cache / "train.bin").read_bytes() + b"x")
     out = tmp_path / "eval.json"
     result = run_prepare("evaluate", "--train", str(ROOT / "train.py"), "--checkpoint", str(ckpt), "--out", str(out))

@@ -10,6 +10,8 @@ import torch.nn as nn
 
 import prepare
 
+from .util import small_config
+
 
 class Uniform(nn.Module):
     """Equal logits for every byte: exactly log2(256) = 8 bits per byte."""
@@ -96,7 +98,9 @@ def test_causality_probe_rejects_a_model_that_looks_ahead(cache):
 def test_causality_probe_accepts_the_baseline(cache):
     import train
 
-    model = train.GPT(depth=2, width=64, heads=2, mlp_mult=2, seq_len=64, rope_base=10000, logit_softcap=15)
+    model = train.GPT(**small_config(depth=2, width=64, seq_len=64))
+    for p in model.parameters():  # no all-zero tables: every input must be able to matter
+        torch.nn.init.normal_(p, std=0.2)
     x = torch.randint(0, 256, (4, 64))
     prepare.check_causal(model.eval(), x)  # raises if it were not causal
     result = prepare.evaluate_model(model)
@@ -114,6 +118,6 @@ def test_evaluation_is_deterministic(cache):
     import train
 
     torch.manual_seed(3)
-    model = train.GPT(depth=1, width=32, heads=2, mlp_mult=2, seq_len=32, rope_base=10000, logit_softcap=0)
+    model = train.GPT(**small_config())
     first, second = prepare.evaluate_model(model), prepare.evaluate_model(model)
     assert first["val_bpb"] == second["val_bpb"]
