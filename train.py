@@ -1,6 +1,12 @@
 """train.py: the model, the optimizer and the training loop. The agent's file.
 
-A small byte-level GPT trained for a fixed wall-clock budget (prepare.TIME_BUDGET).
+A small byte-level GPT trained for a fixed wall-clock budget (prepare.TIME_BUDGET):
+pre-norm blocks (RMSNorm, rotary attention with QK-norm, ReLU^2 MLP), a byte
+embedding tied to the output head, and hashed n-gram embeddings of the last few
+bytes added to the input, which give a small model the local statistics of the
+text almost for free. Muon trains the weight matrices, Adam the tables, with a
+short warm-up and a linear warm-down. Tuned for a 2-core CPU and a 60 s budget
+(bf16 autocast where the CPU has native bf16); on CUDA it compiles and runs bf16.
 Run from the directory that holds train.py and prepare.py:
 
     python train.py
@@ -46,7 +52,7 @@ GRAD_CLIP = 1.0  # clip the global gradient norm to this (0 turns clipping off)
 WARMUP_FRAC = 0.02  # share of the budget spent ramping the learning rate up from zero
 WARMDOWN_FRAC = 0.4  # share of the budget at the end spent ramping it down to zero
 ROPE_BASE = 10000  # base period of the rotary position embedding
-NGRAM_ORDER = 5  # the last 2..N bytes, hashed, each get an embedding added to the input (1: off)
+NGRAM_ORDER = 5  # the last 2..N bytes, hashed, each get an embedding added to the input (1: off, 7: most)
 NGRAM_BUCKETS = 8192  # rows of each hashed n-gram embedding table
 LOGIT_SOFTCAP = 15  # output logits are squashed to (-cap, cap) by tanh (0 turns it off)
 SEED = 0  # random seed for initialization and batch sampling
@@ -117,7 +123,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Byte-level decoder: forward(idx) -> logits of shape batch x time x 256."""
+    """Byte-level decoder: forward(idx) -> logits of shape batch x time x 256.
+
+    Causal by construction: attention is masked, and the n-gram hash at a position uses
+    that byte and the ones before it (zeros stand in before the window starts)."""
 
     def __init__(self, depth, width, heads, mlp_mult, seq_len, rope_base, logit_softcap, ngram_order, ngram_buckets):
         super().__init__()
