@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tui", help="attach the monitor to a run (running or finished)")
     _common(p)
 
-    p = sub.add_parser("run", help="run the research loop")
+    p = sub.add_parser("run", help="run the research loop (in the background, with the monitor, unless --headless)")
     _common(p)
     p.add_argument("--headless", action="store_true", help="no monitor: print one line per phase and result")
     p.add_argument("--agent", choices=["heuristic", "claude", "command"], help="who proposes changes")
@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace) -> int:
     command = args.command
-    if command in (None, "tui", "serve"):
+    if command in (None, "tui", "serve") or (command == "run" and not args.headless):
         from tui import launch
 
-        if command is None:
+        if command in (None, "run"):  # the engine in the background, the monitor in front
             return launch.cmd_default(args)
         if command == "tui":
             return launch.cmd_tui(args)

@@ -64,11 +64,21 @@ def resolve_tag(repo: Path, tag: str | None) -> str:
     return tags[-1]
 
 
-def engine_command(repo: Path, tag: str) -> list[str]:
-    return [sys.executable, "-m", "autoresearch", "--repo", str(repo), "run", "--headless", "--tag", tag]
+def engine_command(repo: Path, tag: str, run_args: list[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "autoresearch", "--repo", str(repo), "run", "--headless", "--tag", tag, *run_args]
 
 
-def start_engine(repo: Path, tag: str) -> subprocess.Popen:
+def run_flags(args: argparse.Namespace) -> list[str]:
+    """The `autoresearch run` options the user gave, to pass on to a detached engine."""
+    flags = []
+    for name in ("agent", "budget", "max_experiments", "max_cost", "model", "agent_command", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            flags += ["--" + name.replace("_", "-"), str(value)]
+    return flags
+
+
+def start_engine(repo: Path, tag: str, run_args: list[str] = ()) -> subprocess.Popen:
     """Start the engine detached: its own session, no terminal, output to engine.log."""
     run = RunDir.for_tag(repo, tag)
     run.root.mkdir(parents=True, exist_ok=True)
@@ -76,7 +86,7 @@ def start_engine(repo: Path, tag: str) -> subprocess.Popen:
         log.write(f"\n--- started by the monitor at {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
         log.flush()
         return subprocess.Popen(
-            engine_command(repo, tag),
+            engine_command(repo, tag, run_args),
             cwd=repo,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -95,7 +105,7 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def start_and_wait(repo: Path, tag: str, timeout: float = ENGINE_START_TIMEOUT) -> int:
+def start_and_wait(repo: Path, tag: str, run_args: list[str] = (), timeout: float = ENGINE_START_TIMEOUT) -> int:
     """Start a new engine and wait until it holds the lock. Returns its pid.
 
     If it exits at once (bad input, a second engine), its one-line reason becomes ours
@@ -105,7 +115,7 @@ def start_and_wait(repo: Path, tag: str, timeout: float = ENGINE_START_TIMEOUT) 
     created_runs = not runs.exists()
     run = RunDir.for_tag(repo, tag)
     created_root = not run.root.exists()
-    proc = start_engine(repo, tag)
+    proc = start_engine(repo, tag, run_args)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = proc.poll()
@@ -135,8 +145,12 @@ def run_monitor(run: RunDir) -> int:
 
 
 def cmd_default(args: argparse.Namespace) -> int:
-    """Attach to the running engine of the latest (or given) tag, or start one and attach."""
+    """Attach to the running engine of the latest (or given) tag, or start one and attach.
+
+    Also serves `autoresearch run` without --headless: its options go to the new engine.
+    """
     repo = resolve_repo(args)
+    run_args = run_flags(args)
     tag = getattr(args, "tag", None)
     tags = list_tags(repo)
     if tag is None and tags and engine_pid(RunDir.for_tag(repo, tags[-1])):
@@ -144,8 +158,10 @@ def cmd_default(args: argparse.Namespace) -> int:
     tag = tag or default_tag()
     run = RunDir.for_tag(repo, tag)
     if not engine_pid(run):
-        pid = start_and_wait(repo, tag)
+        pid = start_and_wait(repo, tag, run_args)
         print(f"autoresearch: engine started for tag {tag} (pid {pid}); log in {run.root / 'engine.log'}")
+    elif run_args:
+        print(f"autoresearch: an engine is already running tag {tag}; attaching (ignoring {' '.join(run_args)})")
     return run_monitor(run)
 
 

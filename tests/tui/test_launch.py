@@ -26,12 +26,14 @@ def fake_engine_command(monkeypatch):
     started: list[int] = []
     real_start = launch.start_engine
 
-    def start(repo, tag):
-        proc = real_start(repo, tag)
+    def start(repo, tag, run_args=()):
+        proc = real_start(repo, tag, run_args)
         started.append(proc.pid)
         return proc
 
-    monkeypatch.setattr(launch, "engine_command", lambda repo, tag: [sys.executable, str(FAKE_ENGINE), str(repo), tag])
+    monkeypatch.setattr(
+        launch, "engine_command", lambda repo, tag, run_args=(): [sys.executable, str(FAKE_ENGINE), str(repo), tag]
+    )
     monkeypatch.setattr(launch, "start_engine", start)
     yield started
     for pid in started:
@@ -67,7 +69,7 @@ def test_engine_starts_detached_in_its_own_session(repo, fake_engine_command):
 
 def test_an_engine_that_exits_at_once_gives_its_reason_and_leaves_nothing(repo, monkeypatch):
     script = "import sys; print('autoresearch: train.py not committed: a run starts from HEAD'); sys.exit(2)"
-    monkeypatch.setattr(launch, "engine_command", lambda repo, tag: [sys.executable, "-c", script])
+    monkeypatch.setattr(launch, "engine_command", lambda repo, tag, run_args=(): [sys.executable, "-c", script])
     with pytest.raises(UsageError, match="train.py not committed"):
         launch.start_and_wait(repo, "nov3")
     assert not (repo / ".autoresearch").exists()
@@ -88,6 +90,21 @@ def test_default_starts_an_engine_when_none_runs(repo, fake_engine_command, monk
     assert opened == [RunDir.for_tag(repo, "nov4")]
     assert holder_pid(opened[0].lock) == fake_engine_command[0]
     assert "engine started for tag nov4" in capsys.readouterr().out
+
+
+def test_run_without_headless_starts_the_engine_with_its_options_and_attaches(repo, monkeypatch, capsys):
+    started: list[tuple] = []
+    opened: list[RunDir] = []
+    monkeypatch.setattr(launch, "start_and_wait", lambda repo, tag, run_args=(): started.append((tag, run_args)) or 1)
+    monkeypatch.setattr(launch, "run_monitor", lambda run: opened.append(run) or 0)
+    argv = ["--repo", str(repo), "run", "--tag", "nov5", "--agent", "heuristic", "--budget", "5", "--max-experiments", "3"]
+    assert main(argv) == 0
+    assert started == [("nov5", ["--agent", "heuristic", "--budget", "5.0", "--max-experiments", "3"])]
+    assert opened == [RunDir.for_tag(repo, "nov5")]
+    cmd = launch.engine_command(repo, "nov5", started[0][1])
+    assert cmd[cmd.index("run"):] == [
+        "run", "--headless", "--tag", "nov5", "--agent", "heuristic", "--budget", "5.0", "--max-experiments", "3"
+    ]
 
 
 def test_loopback_detection():
