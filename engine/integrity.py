@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +55,33 @@ class Fingerprint:
         if now.manifest_sha256 != self.manifest_sha256:
             out.append("the data manifest changed since the run started")
         return out
+
+
+# Added lines that reach for what only the evaluator may touch. train.py runs with the
+# cache readable (it needs train.bin), so a change could train on the validation split
+# or patch the evaluator from inside the process; both would fool the metric. This is a
+# tripwire for the obvious ways, not a sandbox: the diff is also there for a human.
+_OFF_LIMITS = [
+    (re.compile(r"""(load_split|make_loader)\s*\(\s*(split\s*=\s*)?["']val["']|\bval\.bin\b"""),
+     "reads the validation split"),
+    (re.compile(r"""\b(load_split|make_loader)\s*\(\s*(split\s*=\s*)?[^\s"')]"""),
+     "loads a data split not named by a literal"),
+    (re.compile(r"\bmanifest\.json\b"), "reads the data manifest"),
+    (re.compile(r"\b(evaluate_model|nats_of|check_causal|bits_per_byte|_val_windows|_snapshot_evaluator|"
+                r"evaluate_command|verify_cache)\b"), "touches the evaluator's internals"),
+    (re.compile(r"""\bprepare\.\w+\s*=(?!=)|setattr\s*\(\s*prepare\b|sys\.modules\s*\[\s*["'](prepare|__main__)["']"""),
+     "patches the evaluator's module"),
+]
+
+
+def off_limits_additions(diff: str) -> list[str]:
+    """Why the added lines of a unified diff reach for the evaluator or its data."""
+    found: dict[str, str] = {}  # why -> the first line that shows it
+    for line in diff.splitlines():
+        if not line.startswith("+") or line.startswith("+++"):
+            continue
+        code = line[1:].split("#", 1)[0]  # a comment mentioning val.bin is harmless
+        for pattern, why in _OFF_LIMITS:
+            if why not in found and pattern.search(code):
+                found[why] = line[1:].strip()[:120]
+    return [f"the change {why}: {example}" for why, example in found.items()]

@@ -40,7 +40,7 @@ from .config import Config
 from .control import ControlServer, accepted, refused
 from .decide import classify_failure, decide, estimate_baseline, metric_is_bad, parse_float
 from .errors import UsageError
-from .integrity import Fingerprint, cache_dir, manifest_path
+from .integrity import Fingerprint, cache_dir, manifest_path, off_limits_additions
 from .journal import Journal
 from .lock import EngineLock
 from .runner import KILL_GRACE_SECONDS, kill_stale_group, minimal_env, run_process
@@ -514,7 +514,7 @@ class Engine:
             return None
         change = self.wt.change()
         (exp_dir / "diff.patch").write_text(change.diff, encoding="utf-8")
-        problems = scope_problems(change.paths, self.config.loop.mutable)
+        problems = scope_problems(change.paths, self.config.loop.mutable) + off_limits_additions(change.diff)
         for problem in self.fingerprint.problems(Fingerprint.of(self.rd.worktree)):
             if "manifest" in problem:
                 # The data cache changed (no agent edit does that): hold the loop for a human.

@@ -148,6 +148,7 @@ class ScriptedAgent:
 
     set: {NAME: value}     edit constants of train.py
     write: {path: text}    write files in the worktree (any path)
+    append: {path: text}   add text at the end of a file in the worktree
     error: message         raise AgentError (with transient: bool)
     sleep: seconds         think for a while first (for control commands)
     emit: [text, ...]      stream text
@@ -176,6 +177,9 @@ class ScriptedAgent:
         for rel, text in step.get("write", {}).items():
             (context.worktree / rel).parent.mkdir(parents=True, exist_ok=True)
             (context.worktree / rel).write_text(text)
+        for rel, text in step.get("append", {}).items():
+            with open(context.worktree / rel, "a") as f:
+                f.write(text)
         desc = step.get("desc") or ", ".join(f"{k}={v}" for k, v in step.get("set", {}).items()) or "scripted edit"
         return Proposal(hypothesis=f"Because the script says so: {desc}", description=desc, usage=usage)
 

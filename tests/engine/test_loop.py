@@ -106,6 +106,19 @@ def test_every_status_of_a_run(tmp_path):
     assert not rd.lock.exists() and not rd.socket.exists()
 
 
+def test_a_change_that_reaches_for_the_validation_data_or_the_evaluator_is_rejected(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    steps = [
+        {"append": {"train.py": "\nimport prepare\nCHEAT = prepare.load_split('val')\n"}, "desc": "train on val"},
+        {"append": {"train.py": "\nimport prepare\nprepare.nats_of = lambda *a: (0.0, 1)\n"}, "desc": "patch"},
+        {"append": {"train.py": "\n# val.bin is off limits; a comment may say so\n"}, "desc": "comment"},
+    ]
+    results = run_engine(repo, steps, loop__max_experiments=5).rd.read_results()
+    assert [r["status"] for r in results][2:] == ["rejected", "rejected", "discard"]
+    assert "reads the validation split" in results[2]["error"] and results[2]["commit"] is None
+    assert "evaluator's internals" in results[3]["error"] and "patches the evaluator" in results[3]["error"]
+
+
 def test_training_gets_a_minimal_environment_without_api_keys(repo, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-other")
