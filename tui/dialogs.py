@@ -18,7 +18,14 @@ DIALOG_CSS = """
 {cls} .question {{ margin: 1 0; }}
 {cls} Horizontal {{ height: auto; align-horizontal: right; }}
 {cls} Button {{ margin-left: 1; min-width: 10; }}
+{cls} .keys {{ color: $text-muted; text-align: right; }}
 """
+
+# Arrow keys move between a dialog's buttons, as people expect of a row of buttons.
+ARROWS = [
+    Binding("left", "app.focus_previous", "Previous", show=False),
+    Binding("right", "app.focus_next", "Next", show=False),
+]
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -27,6 +34,7 @@ class ConfirmModal(ModalScreen[bool]):
     BINDINGS = [
         Binding("y", "answer(True)", "Yes", show=True),
         Binding("n,escape", "answer(False)", "No", show=True),
+        *ARROWS,
     ]
     DEFAULT_CSS = DIALOG_CSS.format(cls="ConfirmModal")
 
@@ -43,6 +51,7 @@ class ConfirmModal(ModalScreen[bool]):
             with Horizontal():
                 yield Button(self.yes_label, id="yes", variant="warning")
                 yield Button("Cancel", id="no")
+            yield Static("y or Enter confirms · n or Esc cancels", classes="keys")
 
     def on_mount(self) -> None:
         self.query_one("#yes", Button).focus()
@@ -83,6 +92,7 @@ class QuitModal(ModalScreen[str | None]):
         Binding("l", "choose('leave')", "Leave running"),
         Binding("s", "choose('stop')", "Stop the loop"),
         Binding("escape,c", "choose(None)", "Cancel"),
+        *ARROWS,
     ]
     DEFAULT_CSS = DIALOG_CSS.format(cls="QuitModal")
 
@@ -97,6 +107,7 @@ class QuitModal(ModalScreen[str | None]):
                 yield Button("Leave it running", id="leave", variant="primary")
                 yield Button("Stop the loop", id="stop", variant="error")
                 yield Button("Cancel", id="cancel")
+            yield Static("l leave running · s stop the loop · Esc cancel · ←/→ Enter", classes="keys")
 
     def on_mount(self) -> None:
         self.query_one("#leave", Button).focus()
