@@ -534,13 +534,14 @@ class Engine:
 
     # --- training and evaluation -------------------------------------------------------------
 
-    def _train_and_evaluate(self, n: int, exp_dir: Path, timings: dict[str, float]) -> Outcome:
-        ckpt = exp_dir / "checkpoint.pt"
-        log = exp_dir / "run.log"
-        env = self._child_env({"AUTORESEARCH_CHECKPOINT": str(ckpt)})
-        self._phase("running")
-        train = run_process(
-            [self.python, "train.py"],
+    def _run_child(self, cmd: list[str], env: dict[str, str], log: Path):
+        """Run train.py or the evaluator in the worktree under the run's limits, logging to ``log``.
+
+        Its process group is in state.json while it runs, so a restarted engine can kill
+        what a killed one left behind.
+        """
+        result = run_process(
+            cmd,
             cwd=self.rd.worktree,
             env=env,
             log_path=log,
@@ -552,6 +553,14 @@ class Engine:
             on_start=lambda pid: self.journal.update_state(train_pgid=pid),
         )
         self.journal.update_state(train_pgid=None)
+        return result
+
+    def _train_and_evaluate(self, n: int, exp_dir: Path, timings: dict[str, float]) -> Outcome:
+        ckpt = exp_dir / "checkpoint.pt"
+        log = exp_dir / "run.log"
+        env = self._child_env({"AUTORESEARCH_CHECKPOINT": str(ckpt)})
+        self._phase("running")
+        train = self._run_child([self.python, "train.py"], env, log)
         timings["train"] = round(train.wall_seconds, 3)
         summary = train.summary
         base = dict(train_seconds=parse_float(summary.get("training_seconds")),
@@ -579,20 +588,12 @@ class Engine:
         with open(log, "ab") as f:
             f.write(f"\n{EVAL_MARKER}\n".encode())
         eval_json = exp_dir / "eval.json"
-        ev = run_process(
+        ev = self._run_child(
             [self.python, "prepare.py", "evaluate", "--train", str(self.rd.worktree / "train.py"),
              "--checkpoint", str(ckpt), "--out", str(eval_json)],
-            cwd=self.rd.worktree,
-            env=env,
-            log_path=log,
-            timeout=self.timeout,
-            hang_seconds=self.config.loop.hang_seconds,
-            tick=self._tick,
-            should_kill=self._should_kill,
-            grace=self.kill_grace,
-            on_start=lambda pid: self.journal.update_state(train_pgid=pid),
+            env,
+            log,
         )
-        self.journal.update_state(train_pgid=None)
         timings["eval"] = round(ev.wall_seconds, 3)
         failure = classify_failure(ev)
         if failure == "killed":
