@@ -265,23 +265,13 @@ async def test_quit_leaves_the_loop_running_by_default(engine):
     assert engine.sent() == []
 
 
-async def test_quit_can_stop_the_loop(engine):
+@pytest.mark.parametrize("keys", [("s",), ("right", "enter")], ids=["s", "arrow-then-enter"])
+async def test_quit_can_stop_the_loop(engine, keys):
     engine.begin(1, "d", "h")
     app = make_app(engine)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.view.alive, "a live engine")
-        await pilot.press("q", "s")
-        await wait_for(pilot, lambda: app.return_value is not None, "the exit")
-    assert app.return_value == "stop"
-    assert engine.sent() == ["stop"]
-
-
-async def test_arrow_keys_choose_a_button_in_the_quit_dialog(engine):
-    engine.begin(1, "d", "h")
-    app = make_app(engine)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view.alive, "a live engine")
-        await pilot.press("q", "right", "enter")  # from "Leave it running" to "Stop the loop"
+        await pilot.press("q", *keys)  # "s", or Right from "Leave it running" to "Stop the loop"
         await wait_for(pilot, lambda: app.return_value is not None, "the exit")
     assert app.return_value == "stop"
     assert engine.sent() == ["stop"]
