@@ -19,8 +19,13 @@ SPARK_WIDTH = 40
 
 
 def series(results: list[dict[str, Any]]) -> dict[str, list]:
-    """Split results into the plotted series: every scored run, kept ones, running best."""
+    """Split results into the plotted series: every scored run, kept ones, running best.
+
+    The running best follows the engine's rule, so chart and header agree: the mean of
+    the baseline runs, then the metric of each kept (or force-kept) change.
+    """
     xs, ys, keep_x, keep_y, best_x, best_y = [], [], [], [], [], []
+    baselines: list[float] = []
     best: float | None = None
     for r in results:
         m, n = r.get("metric"), r.get("n")
@@ -28,14 +33,19 @@ def series(results: list[dict[str, Any]]) -> dict[str, list]:
             continue
         xs.append(n)
         ys.append(float(m))
+        new_best = best
+        if r.get("status") == "baseline":
+            baselines.append(float(m))
+            new_best = sum(baselines) / len(baselines)
+        elif r.get("status") == "keep":
+            new_best = float(m)
         if r.get("status") in ("keep", "baseline"):
             keep_x.append(n)
             keep_y.append(float(m))
-            if best is None or m < best:
-                if best is not None:  # a vertical drop at n: the line is a step, not a slope
-                    best_x.append(n)
-                    best_y.append(best)
-                best = float(m)
+        if best is not None and new_best != best:  # a vertical move at n: a step, not a slope
+            best_x.append(n)
+            best_y.append(best)
+        best = new_best
         if best is not None:
             best_x.append(n)
             best_y.append(best)
