@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from engine.agents.base import ProposalContext
+from tests.gitrepo import committed_repo
 
 from .fake_messages_api import FakeMessagesAPI
 
@@ -33,22 +33,10 @@ TIME_BUDGET = 60
 PROGRAM_MD = "# Research program\nLower val_bpb by editing train.py only.\n"
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def worktree(tmp_path: Path) -> Path:
     """A git repository with a committed train.py, prepare.py and program.md."""
-    wt = tmp_path / "worktree"
-    wt.mkdir()
-    (wt / "train.py").write_text(TRAIN_PY)
-    (wt / "prepare.py").write_text(PREPARE_PY)
-    (wt / "program.md").write_text(PROGRAM_MD)
-    git(wt, "init", "-q", "-b", "main")
-    git(wt, "add", ".")
-    git(wt, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "genome")
-    return wt
+    return committed_repo(tmp_path / "worktree", {"train.py": TRAIN_PY, "prepare.py": PREPARE_PY, "program.md": PROGRAM_MD})
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pytest
 
 from engine.rundir import RunDir
+from tests.gitrepo import committed_repo
 
 from .fake_messages_api import FakeMessagesAPI, error, message, request_text, tool
 
@@ -76,21 +77,12 @@ main()
 WAIT = 60.0  # generous upper bound for a condition; never a timing assertion
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "train.py").write_text(STANDIN_TRAIN)
-    (root / "prepare.py").write_text(STANDIN_PREPARE)
-    (root / "program.md").write_text("# Program\nLower val_bpb by editing train.py.\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", ".")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "stand-in genome")
-    return root
+    return committed_repo(
+        tmp_path / "repo",
+        {"train.py": STANDIN_TRAIN, "prepare.py": STANDIN_PREPARE, "program.md": "# Program\nLower val_bpb by editing train.py.\n"},
+    )
 
 
 class EngineProcess:

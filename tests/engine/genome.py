@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from engine.agents.base import AgentError, Proposal, ProposalContext, Usage
+from tests.gitrepo import committed_repo, git  # noqa: F401  (git: the engine tests import it from here)
 
 TRAIN_PY = '''\
 """Stand-in genome: the metric is a bowl around LR = 0.04, WIDTH = 128."""
@@ -115,26 +115,12 @@ baseline_runs = {baseline_runs}
 '''
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
 def make_repo(path: Path, *, timeout: float = 3, hang: float = 1.0, baseline_runs: int = 2,
               train_py: str = TRAIN_PY, config: bool = True) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "test@example.com")
-    git(path, "config", "user.name", "Test")
-    (path / "train.py").write_text(train_py)
-    (path / "prepare.py").write_text(PREPARE_PY)
-    (path / "program.md").write_text("Lower val_bpb. Edit only train.py.\n")
-    names = ["train.py", "prepare.py", "program.md"]
+    files = {"train.py": train_py, "prepare.py": PREPARE_PY, "program.md": "Lower val_bpb. Edit only train.py.\n"}
     if config:
-        (path / "autoresearch.toml").write_text(CONFIG.format(timeout=timeout, hang=hang, baseline_runs=baseline_runs))
-        names.append("autoresearch.toml")
-    git(path, "add", *names)
-    git(path, "commit", "-q", "-m", "genome")
-    return path
+        files["autoresearch.toml"] = CONFIG.format(timeout=timeout, hang=hang, baseline_runs=baseline_runs)
+    return committed_repo(path, files)
 
 
 def set_constant(source: str, name: str, value: Any) -> str:

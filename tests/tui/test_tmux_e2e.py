@@ -20,6 +20,7 @@ import pytest
 
 from engine.lock import holder_pid
 from engine.rundir import RunDir
+from tests.gitrepo import committed_repo
 from tests.tui.fake_engine import FakeEngine
 from tui.log_pane import MAX_LINES
 
@@ -70,24 +71,14 @@ else:
 '''
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
 @pytest.fixture
 def genome(tmp_path: Path) -> Path:
-    repo = tmp_path / "genome"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "test@example.com")
-    git(repo, "config", "user.name", "Test")
-    (repo / "train.py").write_text(TRAIN_PY)
-    (repo / "prepare.py").write_text(PREPARE_PY)
-    (repo / "program.md").write_text("Lower val_bpb. Edit only train.py.\n")
-    (repo / "autoresearch.toml").write_text("[loop]\nbudget_seconds = 3\nbaseline_runs = 1\nhang_seconds = 30\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "genome")
-    return repo
+    return committed_repo(tmp_path / "genome", {
+        "train.py": TRAIN_PY,
+        "prepare.py": PREPARE_PY,
+        "program.md": "Lower val_bpb. Edit only train.py.\n",
+        "autoresearch.toml": "[loop]\nbudget_seconds = 3\nbaseline_runs = 1\nhang_seconds = 30\n",
+    })
 
 
 class Tmux:
