@@ -89,7 +89,7 @@ class ChartPane(Vertical):
         super().__init__(**kwargs)
         self.redraws = 0  # counted so tests can check it redraws only on new results
         self.plot: Any = None
-        self._data: tuple[list[dict[str, Any]], float | None] = ([], None)
+        self._data: tuple[dict[str, list], float | None] = (series([]), None)
 
     def compose(self) -> ComposeResult:
         yield SparkLine(id="spark")
@@ -108,16 +108,15 @@ class ChartPane(Vertical):
 
     def show(self, results: list[dict[str, Any]], baseline: float | None) -> None:
         self.redraws += 1
-        self._data = (results, baseline)
-        s = series(results)
+        s = series(results)  # once per result batch, shared by the sparkline and the plot
+        self._data = (s, baseline)
         self.query_one(SparkLine).set(s["y"], s["best_y"][-1] if s["best_y"] else None)
-        self._draw(results, baseline)
+        self._draw(s, baseline)
 
-    def _draw(self, results: list[dict[str, Any]], baseline: float | None) -> None:
+    def _draw(self, s: dict[str, list], baseline: float | None) -> None:
         plot = self.plot
         if plot is None:
             return
-        s = series(results)
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
