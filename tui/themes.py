@@ -11,11 +11,16 @@ The theme in use comes from ``$AUTORESEARCH_THEME``, else ``theme = "..."`` in
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 from textual.theme import Theme
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
 
 DEFAULT_THEME = "autoresearch-night"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "themes"

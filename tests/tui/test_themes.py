@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+import tomllib
+
 import pytest
 
 from tests.tui.conftest import FixedSampler, wait_for
@@ -18,6 +22,22 @@ def test_shipped_themes_parse():
     assert problems == []
     terminal = next(t for t in themes if t.name == "autoresearch-terminal")
     assert terminal.ansi  # follows the terminal's own palette
+
+
+def test_themes_load_on_python_3_10_without_tomllib(monkeypatch):
+    """3.10 has no tomllib: the theme loader must use tomli there, as engine/config.py does."""
+    import tui.themes
+
+    monkeypatch.setattr(sys, "version_info", (3, 10, 14, "final", 0))
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` fails, as on 3.10
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)  # tomli is what tomllib was before 3.11
+    try:
+        themes = importlib.reload(tui.themes)
+        loaded, problems = themes.load_themes()
+        assert problems == [] and DEFAULT_THEME in {t.name for t in loaded}
+    finally:
+        monkeypatch.undo()
+        importlib.reload(tui.themes)
 
 
 def test_bad_theme_files_are_skipped_with_a_reason(tmp_path):
