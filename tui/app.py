@@ -15,7 +15,6 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from rich.text import Text
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
@@ -241,7 +240,7 @@ class MonitorApp(App[str | None]):
 
     def _show_engine(self, live: LiveScreen, now: float) -> None:
         engine = self.view.engine_state(now)
-        live.show_top(self.view, engine, self.lock_pid, self._ack_text(), self.watcher.polling)
+        live.show_top(self.view, engine, self.last_ack, self.watcher.polling)
         live.show_banner(self.view, engine, now)
 
     def _tick(self) -> None:
@@ -384,13 +383,6 @@ class MonitorApp(App[str | None]):
         live = self.live
         if live is not None:
             self._show_engine(live, self.clock())
-
-    def _ack_text(self) -> Text | None:
-        ack = self.last_ack
-        if ack is None:
-            return None
-        style = {"accepted": "green", "refused": "yellow", "error": "red"}[ack.result]
-        return Text(f"{ack.cmd}: {ack.result}" + (f" ({ack.message})" if ack.message else ""), style=style)
 
     def report_error(self, doing: str, error: BaseException | None) -> None:
         """The one place where background failures reach the user."""

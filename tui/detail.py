@@ -6,8 +6,10 @@ Files are read in a thread worker, so a 50 MB log never freezes the screen.
 from __future__ import annotations
 
 import json
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
+from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -22,6 +24,7 @@ from tui import fmt
 from tui.diff_pane import diff_renderable
 from tui.keybar import KeyBar
 from tui.rundata import decode_log_lines, read_small
+from tui.themes import on_theme_change, theme_style
 
 FULL_LOG_BYTES = 32 * 1024 * 1024  # beyond this only the tail of run.log is shown
 LOG_LINES = 200_000
@@ -64,12 +67,13 @@ def load_experiment(run: RunDir, n: int) -> dict[str, Any]:
     return data
 
 
-def metrics_table(record: dict[str, Any], summary: dict[str, str], run: RunDir) -> Table:
+def metrics_table(record: dict[str, Any], summary: dict[str, str], run: RunDir, style: Callable[[str], Style]) -> Table:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="dim", no_wrap=True)
     t.add_column()
     status = str(record.get("status", "?"))
-    t.add_row("status", Text(status + (" (forced keep)" if record.get("forced") else ""), style=fmt.STATUS_STYLE.get(status, "")))
+    label = status + (" (forced keep)" if record.get("forced") else "")
+    t.add_row("status", Text(label, style=style(fmt.STATUS_STYLE.get(status, ""))))
     t.add_row(str(record.get("metric_name") or "val_bpb"), fmt.metric(record.get("metric"), 6))
     t.add_row("delta vs best before", fmt.delta(record.get("delta"), 6))
     if record.get("noise") is not None:
@@ -124,19 +128,14 @@ class ExperimentScreen(Screen):
         self.run = run
         self.record = record
         self.loaded: dict[str, Any] | None = None
+        self.summary: dict[str, str] = {}  # the summary block at the end of run.log
 
     def compose(self) -> ComposeResult:
-        r = self.record
-        head = Text()
-        head.append(f"Experiment #{r.get('n')}  ", style="bold")
-        status = str(r.get("status", "?"))
-        head.append(status, style=fmt.STATUS_STYLE.get(status, ""))
-        head.append(f"  val_bpb {fmt.metric(r.get('metric'))}  {fmt.one_line(r.get('description'))}")
-        yield Static(head, id="detail-head")
+        yield Static(id="detail-head")
         with TabbedContent(initial="summary"):
             with TabPane("Summary", id="summary"):
                 with VerticalScroll():
-                    yield Static(metrics_table(self.record, {}, self.run), id="summary-metrics")
+                    yield Static(id="summary-metrics")
                     yield Static(Text("eval.json: loading…", style="dim"), id="eval")
             with TabPane("Hypothesis", id="hypothesis"):
                 with VerticalScroll():
@@ -151,8 +150,25 @@ class ExperimentScreen(Screen):
     def on_mount(self) -> None:
         n = self.record.get("n")
         self.sub_title = f"#{n}"
+        self._paint()
+        on_theme_change(self, self._paint)
         if isinstance(n, int):
             self.load(n)
+
+    def _paint(self) -> None:
+        """The parts in theme colours: the head line, the metrics, the diff once loaded."""
+        style = partial(theme_style, self)
+        r = self.record
+        head = Text()
+        head.append(f"Experiment #{r.get('n')}  ", style="bold")
+        status = str(r.get("status", "?"))
+        head.append(status, style=style(fmt.STATUS_STYLE.get(status, "")))
+        head.append(f"  val_bpb {fmt.metric(r.get('metric'))}  {fmt.one_line(r.get('description'))}")
+        self.query_one("#detail-head", Static).update(head)
+        self.query_one("#summary-metrics", Static).update(metrics_table(r, self.summary, self.run, style))
+        if self.loaded is not None:
+            diff = self.loaded.get("diff")
+            self.query_one("#diff-detail", Static).update(diff_renderable(diff, style) if diff else Text("(no diff.patch)", style="dim"))
 
     @work(thread=True, exit_on_error=False, group="detail")
     def load(self, n: int) -> None:
@@ -162,18 +178,14 @@ class ExperimentScreen(Screen):
     def show(self, data: dict[str, Any]) -> None:
         self.loaded = data
         log = data.get("log")
-        summary = summary_block(log) if log else {}
-        self.query_one("#summary-metrics", Static).update(metrics_table(self.record, summary, self.run))
+        self.summary = summary_block(log) if log else {}
+        self._paint()
         ev = data.get("eval")
         eval_text = Text("eval.json\n", style="bold")
         eval_text.append(json.dumps(ev, indent=2) if ev is not None else "(none: the run did not reach evaluation)")
         self.query_one("#eval", Static).update(eval_text)
         hyp = data.get("hypothesis") or self.record.get("hypothesis") or "(no hypothesis recorded)"
         self.query_one("#hypothesis-text", Static).update(Text(str(hyp)))
-        diff = data.get("diff")
-        self.query_one("#diff-detail", Static).update(
-            diff_renderable(diff) if diff else Text("(no diff.patch)", style="dim")
-        )
         widget = self.query_one("#log-detail", Log)
         widget.clear()
         if data.get("log_cut"):

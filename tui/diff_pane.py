@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
+from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -10,27 +14,30 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from tui.keybar import KeyBar
+from tui.themes import on_theme_change, theme_style
 
-# Unified-diff line kinds and their styles. A diff's own syntax is its line prefixes, so
-# colouring by prefix is the whole highlighter (and spares start-up a pygments import).
+# Unified-diff line kinds and their styles ($names are theme colours). A diff's own syntax
+# is its line prefixes, so colouring by prefix is the whole highlighter (and spares
+# start-up a pygments import).
 DIFF_STYLES = (
     ("diff --git", "bold"),
     ("index ", "dim"),
-    ("--- ", "bold red"),
-    ("+++ ", "bold green"),
-    ("@@", "cyan"),
-    ("+", "green"),
-    ("-", "red"),
+    ("--- ", "bold $error"),
+    ("+++ ", "bold $success"),
+    ("@@", "$secondary"),
+    ("+", "$success"),
+    ("-", "$error"),
 )
 
 
-def diff_renderable(diff: str) -> Text:
+def diff_renderable(diff: str, style: Callable[[str], Style]) -> Text:
+    """The diff as styled text; ``style`` turns a spec into a Rich style (the theme's)."""
     if not diff.strip():
         return Text("no change (yet)", style="dim")
     out = Text(no_wrap=True, overflow="crop")
     for line in diff.splitlines():
-        style = next((st for prefix, st in DIFF_STYLES if line.startswith(prefix)), "")
-        out.append(line + "\n", style=style)
+        spec = next((st for prefix, st in DIFF_STYLES if line.startswith(prefix)), "")
+        out.append(line + "\n", style=style(spec))
     out.rstrip()
     return out
 
@@ -64,13 +71,17 @@ class DiffPane(VerticalScroll):
     def on_mount(self) -> None:
         self.border_title = "Pending change"
         self.text = ""
+        on_theme_change(self, self._paint)
 
     def show(self, diff: str, n: int | None) -> None:
         self.text = diff
         summary = diff_summary(diff)
         title = f"Pending change #{n:04d}" if n is not None else "Pending change"
         self.border_title = f"{title}  {summary}" if summary else title
-        self.query_one("#diff", Static).update(diff_renderable(diff))
+        self._paint()
+
+    def _paint(self) -> None:
+        self.query_one("#diff", Static).update(diff_renderable(self.text, partial(theme_style, self)))
 
 
 class DiffScreen(Screen):
@@ -90,5 +101,12 @@ class DiffScreen(Screen):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="diff-scroll") as scroll:
             scroll.border_title = self.title_text
-            yield Static(diff_renderable(self.diff), id="diff-full")
+            yield Static(id="diff-full")
         yield KeyBar()
+
+    def on_mount(self) -> None:
+        self._paint()
+        on_theme_change(self, self._paint)
+
+    def _paint(self) -> None:
+        self.query_one("#diff-full", Static).update(diff_renderable(self.diff, partial(theme_style, self)))

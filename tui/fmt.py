@@ -7,19 +7,20 @@ from typing import Any, Sequence
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
-# Status -> (short label, style). Labels are words, so NO_COLOR loses nothing.
+# Status -> style spec; $names are the theme's colours (tui.themes.theme_style resolves
+# them). The statuses are words, so NO_COLOR loses nothing.
 STATUS_STYLE = {
     "baseline": "bold",
-    "keep": "bold green",
+    "keep": "bold $success",
     "discard": "dim",
-    "crash": "bold red",
-    "timeout": "red",
-    "hang": "red",
-    "oom": "red",
-    "nan": "red",
-    "skipped": "yellow",
-    "rejected": "yellow",
-    "interrupted": "yellow",
+    "crash": "bold $error",
+    "timeout": "$error",
+    "hang": "$error",
+    "oom": "$error",
+    "nan": "$error",
+    "skipped": "$warning",
+    "rejected": "$warning",
+    "interrupted": "$warning",
 }
 
 

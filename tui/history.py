@@ -6,6 +6,7 @@ Enter opens the experiment in full.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from rich.text import Text
@@ -19,6 +20,7 @@ from engine.rundir import STATUSES, RunDir
 from tui import fmt
 from tui.keybar import KeyBar
 from tui.table import Column, Record, TableHeader, VirtualTable
+from tui.themes import on_theme_change, theme_style
 
 
 def _num(value: Any, missing: float = float("inf")) -> float:
@@ -33,7 +35,7 @@ def _status_cell(r: Record) -> tuple[str, str]:
 
 def _delta_cell(r: Record) -> tuple[str, str]:
     d = r.get("delta")
-    style = "green" if isinstance(d, (int, float)) and d < 0 and r.get("status") == "keep" else ""
+    style = "$success" if isinstance(d, (int, float)) and d < 0 and r.get("status") == "keep" else ""
     return fmt.delta(d), style
 
 
@@ -76,13 +78,19 @@ class Preview(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static(id="preview-text")
 
+    def on_mount(self) -> None:
+        self.record: Record | None = None
+        on_theme_change(self, lambda: self.show(self.record))
+
     def show(self, r: Record | None) -> None:
+        self.record = r
+        style = partial(theme_style, self)
         out = Text()
         if r is None:
             out.append("no experiment selected", style="dim")
         else:
             out.append(f"#{r.get('n')}  ", style="bold")
-            out.append(str(r.get("status", "?")), style=fmt.STATUS_STYLE.get(str(r.get("status")), ""))
+            out.append(str(r.get("status", "?")), style=style(fmt.STATUS_STYLE.get(str(r.get("status")), "")))
             out.append(f"  val_bpb {fmt.metric(r.get('metric'))}  Δ {fmt.delta(r.get('delta'))}\n\n")
             out.append(fmt.one_line(r.get("description")) + "\n\n", style="bold")
             out.append(str(r.get("hypothesis") or "(no hypothesis recorded)"))

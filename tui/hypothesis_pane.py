@@ -8,22 +8,27 @@ only when what it shows changes.
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 from rich.console import Group
+from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
 from tui import fmt
 from tui.model import RunView
+from tui.themes import on_theme_change, theme_style
 
 BAR_WIDTH = 24
 
 
-def budget_bar(elapsed: float, budget: float, width: int = BAR_WIDTH) -> Text:
+def budget_bar(elapsed: float, budget: float, style: Callable[[str], Style], width: int = BAR_WIDTH) -> Text:
     """A text progress bar: heavy line for done, light line for to go (readable without colour)."""
     frac = 0.0 if budget <= 0 else min(1.0, max(0.0, elapsed / budget))
     done = int(round(frac * width))
     bar = Text()
-    bar.append("━" * done, style="green" if elapsed <= budget else "yellow")
+    bar.append("━" * done, style=style("$success" if elapsed <= budget else "$warning"))
     bar.append("─" * (width - done), style="dim")
     return bar
 
@@ -39,8 +44,17 @@ class HypothesisPane(Widget):
         self.streaming = False
         self.score = Text()
         self._key: tuple | None = None
+        self._shown: tuple[RunView, float] | None = None
+        on_theme_change(self, self._restyle)
+
+    def _restyle(self) -> None:
+        """The texts hold the old theme's colours: build them again."""
+        self._key = None
+        if self._shown is not None:
+            self.show(*self._shown)
 
     def show(self, view: RunView, now: float) -> None:
+        self._shown = (view, now)
         n = view.n
         head = self._head(view, view.phase, now)
         desc = view.description()
@@ -92,6 +106,7 @@ class HypothesisPane(Widget):
 
     def _head(self, view: RunView, phase: str, now: float) -> Text:
         state = view.state
+        style = partial(theme_style, self)
         line = Text()
         line.append(f" {phase.upper()} ", style="reverse")
         line.append("  ")
@@ -99,23 +114,24 @@ class HypothesisPane(Widget):
         budget = state.get("budget")
         if phase == "running" and isinstance(since, (int, float)) and isinstance(budget, (int, float)):
             elapsed = max(0.0, now - since)
-            line.append_text(budget_bar(elapsed, float(budget)))
+            line.append_text(budget_bar(elapsed, float(budget), style))
             line.append(f" {fmt.duration(elapsed)} / {fmt.duration(budget)}")
             if elapsed > budget:
-                line.append("  over budget", style="yellow")
+                line.append("  over budget", style=style("$warning"))
         elif isinstance(since, (int, float)) and phase not in ("stopped",):
             line.append(f"for {fmt.duration(max(0.0, now - since))}", style="dim")
         if view.pause_requested and phase != "paused":
-            line.append("  pause requested: holds after this experiment", style="yellow")
+            line.append("  pause requested: holds after this experiment", style=style("$warning"))
         if state.get("stop_requested") and phase != "stopped":
-            line.append("  stop requested", style="red")
+            line.append("  stop requested", style=style("$error"))
         if state.get("error"):
-            line.append(f"  error: {fmt.one_line(state['error'])}", style="red")
+            line.append(f"  error: {fmt.one_line(state['error'])}", style=style("$error"))
         return line
 
     def _score(self, view: RunView) -> Text:
         best, best_n = view.best()
         base, noise = view.baseline()
+        style = partial(theme_style, self)
         out = Text()
         out.append("best ", style="dim")
         out.append(fmt.metric(best), style="bold")
@@ -124,18 +140,18 @@ class HypothesisPane(Widget):
         if best is not None and base is not None:
             gain = best - base
             pct = (gain / base * 100) if base else 0.0
-            out.append(f"  {fmt.delta(gain)} ({pct:+.2f}%)", style="green" if gain < 0 else "")
+            out.append(f"  {fmt.delta(gain)} ({pct:+.2f}%)", style=style("$success" if gain < 0 else ""))
             out.append(" vs baseline ", style="dim")
             out.append(fmt.metric(base))
             if noise is not None:
                 out.append(f" ±{noise:.4f}", style="dim")
         counts = view.counts()
         out.append("\n")
-        out.append(f"keep {counts['keep']}", style="green")
+        out.append(f"keep {counts['keep']}", style=style("$success"))
         out.append("  ·  ")
         out.append(f"discard {counts['discard']}")
         out.append("  ·  ")
-        out.append(f"crash {counts['crash']}", style="red" if counts["crash"] else "")
+        out.append(f"crash {counts['crash']}", style=style("$error" if counts["crash"] else ""))
         name, model = view.agent()
         cost = view.cost()
         out.append("   agent ", style="dim")

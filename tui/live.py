@@ -7,6 +7,8 @@ screen turns compact: the experiment pane stays on top and the other four become
 
 from __future__ import annotations
 
+from functools import partial
+
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
@@ -21,7 +23,8 @@ from tui.diff_pane import DiffPane
 from tui.hypothesis_pane import HypothesisPane
 from tui.keybar import KeyBar
 from tui.log_pane import LogPane
-from tui.model import RunView
+from tui.model import Ack, RunView
+from tui.themes import on_theme_change, theme_style
 from tui.util_pane import UtilPane
 
 COMPACT_WIDTH = 100
@@ -51,6 +54,7 @@ class LiveScreen(Screen):
     LiveScreen { layout: vertical; }
     LiveScreen #topbar { height: 1; background: $panel; color: $foreground; padding: 0 1; }
     LiveScreen #banner { height: auto; display: none; padding: 0 1; background: $error 25%; color: $text; }
+    LiveScreen #banner.-warning { background: $warning 25%; }
     LiveScreen #banner.-show { display: block; }
     LiveScreen #body {
         height: 1fr;
@@ -89,6 +93,9 @@ class LiveScreen(Screen):
         yield KeyBar()
 
     def on_mount(self) -> None:
+        self._top: tuple | None = None  # what show_top and show_banner were last given,
+        self._banner: tuple | None = None  # to draw it again in a new theme's colours
+        on_theme_change(self, self._restyle)
         if hasattr(self.app, "live_ready"):
             self.app.live_ready()  # type: ignore[attr-defined]
 
@@ -118,24 +125,34 @@ class LiveScreen(Screen):
 
     # -- what the screen shows ---------------------------------------------------------
 
-    def show_top(self, view: RunView, engine: str, pid: int | None, ack: Text | None, polling: bool) -> None:
+    def _restyle(self) -> None:
+        if self._top is not None:
+            self.show_top(*self._top)
+        if self._banner is not None:
+            self.show_banner(*self._banner)
+
+    def show_top(self, view: RunView, engine: str, ack: Ack | None, polling: bool) -> None:
+        self._top = (view, engine, ack, polling)
+        style = partial(theme_style, self)
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append("autoresearch", style="bold")
         out.append(f" · {view.tag} · ")
-        mark = {"running": ("● engine running", "green"), "stale": ("● engine silent", "yellow"),
-                "stopped": ("■ engine stopped", "yellow"), "gone": ("✖ engine gone", "bold red"),
+        mark = {"running": ("● engine running", "$success"), "stale": ("● engine silent", "$warning"),
+                "stopped": ("■ engine stopped", "$warning"), "gone": ("✖ engine gone", "bold $error"),
                 "unknown": ("… checking engine", "dim")}[engine]
-        out.append(mark[0], style=mark[1])
+        out.append(mark[0], style=style(mark[1]))
         if view.paused:
-            out.append(" · PAUSED", style="bold yellow")
+            out.append(" · PAUSED", style=style("bold $warning"))
         if polling:
             out.append(" · polling", style="dim")
         if ack is not None:
+            ack_style = {"accepted": "$success", "refused": "$warning", "error": "$error"}[ack.result]
             out.append("   ")
-            out.append_text(ack)
+            out.append(f"{ack.cmd}: {ack.result}" + (f" ({ack.message})" if ack.message else ""), style=style(ack_style))
         self.query_one("#topbar", Static).update(out)
 
     def show_banner(self, view: RunView, engine: str, now: float) -> None:
+        self._banner = (view, engine, now)
         banner = self.query_one("#banner", Static)
         if engine not in ("gone", "stale", "stopped"):
             banner.set_class(False, "-show")
@@ -154,6 +171,7 @@ class LiveScreen(Screen):
             text.append("The engine is alive but silent: ", style="bold")
             text.append(f"no heartbeat since {fmt.clock(seen)} ({fmt.ago(seen, now)}). Last state: {where}.")
         banner.update(text)
+        banner.set_class(engine != "gone", "-warning")  # silent or stopped: not (yet) a failure
         banner.set_class(True, "-show")
 
     # -- actions: the app does the work ---------------------------------------------

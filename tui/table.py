@@ -24,6 +24,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Static
 
+from tui.themes import on_theme_change, theme_style
+
 Record = dict[str, Any]
 
 
@@ -32,7 +34,7 @@ class Column:
     key: str
     label: str
     width: int | None  # None: takes the width that is left
-    cell: Callable[[Record], tuple[str, str]]  # record -> (text, rich style)
+    cell: Callable[[Record], tuple[str, str]]  # record -> (text, style spec such as "bold $success")
     sort_key: Callable[[Record], Any]
     right: bool = False
 
@@ -127,8 +129,10 @@ class VirtualTable(ScrollView, can_focus=True):
         super().__init__(**kwargs)
         self.columns = columns
         self.rows: list[Record] = []
-        self._styles: dict[str, Style] = {}
         self.empty_text = "nothing to show"
+
+    def on_mount(self) -> None:
+        on_theme_change(self, self.refresh)
 
     def set_rows(self, rows: list[Record], keep: Record | None = None) -> None:
         """Show these records; keep the cursor on ``keep`` if it is still among them."""
@@ -166,12 +170,6 @@ class VirtualTable(ScrollView, can_focus=True):
         self.virtual_size = Size(self.size.width, len(self.rows))
         self._show_cursor()
 
-    def _style(self, spec: str) -> Style:
-        style = self._styles.get(spec)
-        if style is None:
-            style = self._styles[spec] = Style.parse(spec) if spec else Style()
-        return style
-
     def render_line(self, y: int) -> Strip:
         index = int(self.scroll_y) + y
         width = self.size.width
@@ -187,7 +185,7 @@ class VirtualTable(ScrollView, can_focus=True):
         segments = []
         for i, (col, w) in enumerate(zip(self.columns, widths)):
             text, spec = col.cell(record)
-            style = base + self._style(spec)
+            style = base + theme_style(self, spec)
             if highlight is not None:
                 style += highlight
             segments.append(Segment(fit(text, w, col.right), style))

@@ -14,8 +14,13 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
+from rich.style import Style
 from textual.theme import Theme
+
+if TYPE_CHECKING:
+    from textual.dom import DOMNode
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,3 +92,25 @@ def chosen_theme() -> str:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         pass
     return DEFAULT_THEME
+
+
+# -- colours for Rich text built in Python -----------------------------------------------
+#
+# CSS names theme colours as variables ($success, $error, ...). Rich Text cannot, so text
+# built in Python writes the same specs ("bold $success") and resolves them here, against
+# the app's current theme. A widget that keeps such text rebuilds it when the theme changes
+# (``on_theme_change``). "dim" stands for muted text: Textual blends it toward the
+# background. Under NO_COLOR the app's filters take every colour out again.
+
+
+def theme_style(node: DOMNode, spec: str) -> Style:
+    """A Rich style for a Textual style spec such as ``"bold $success"``, in ``node``'s
+    app's current theme (a terminal theme's ANSI colours stay ANSI colours)."""
+    if not spec:
+        return Style.null()
+    return node.app.stylesheet.parse_style(spec).rich_style
+
+
+def on_theme_change(node: DOMNode, callback: Callable[[], object]) -> None:
+    """Call ``callback`` after every change of theme, for as long as ``node`` is mounted."""
+    node.app.theme_changed_signal.subscribe(node, lambda _theme: callback())

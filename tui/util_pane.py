@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 
 from rich.text import Text
 from textual.widgets import Static
 
 from tui import fmt
 from tui.sysstats import Sample
+from tui.themes import on_theme_change, theme_style
 
 HISTORY = 60  # samples kept per series for the sparklines
 SPARK_WIDTH = 20
@@ -19,51 +21,68 @@ class UtilPane(Static):
         self.border_title = "Utilization"
         self.samples = 0
         self.series: dict[str, deque[float]] = {}
+        self.sample: Sample | None = None
         self.update(Text("measuring…", style="dim"))
-
-    def _push(self, key: str, value: float | None) -> str:
-        if value is None:
-            return ""
-        series = self.series.setdefault(key, deque(maxlen=HISTORY))
-        series.append(value)
-        return fmt.spark(series, SPARK_WIDTH, lo=0.0, hi=max(100.0, max(series)))
+        on_theme_change(self, self._draw)
 
     def show(self, sample: Sample) -> None:
         self.samples += 1
+        self.sample = sample
+        for g in sample.gpus:
+            self._push(f"gpu{g.index}.util", g.util)
+            mem_pct = (g.mem_used / g.mem_total * 100) if g.mem_used is not None and g.mem_total else None
+            self._push(f"gpu{g.index}.mem", mem_pct)
+        if sample.proc is not None:
+            self._push("proc.cpu", sample.proc.cpu_percent / (sample.cpu_count or 1))
+        if sample.cpu_percent is not None:
+            self._push("sys.cpu", sample.cpu_percent)
+        self._draw()
+
+    def _push(self, key: str, value: float | None) -> None:
+        if value is not None:
+            self.series.setdefault(key, deque(maxlen=HISTORY)).append(value)
+
+    def _spark(self, key: str) -> str:
+        series = self.series.get(key)
+        if not series:
+            return ""
+        return fmt.spark(series, SPARK_WIDTH, lo=0.0, hi=max(100.0, max(series)))
+
+    def _draw(self) -> None:
+        """The last sample and the sparklines, in the current theme's colours."""
+        sample = self.sample
+        if sample is None:
+            return
+        style = partial(theme_style, self)
+        busy, memory = style("$primary"), style("$secondary")  # green is for kept experiments
         out = Text(no_wrap=True, overflow="ellipsis")
         if sample.gpus:
             for g in sample.gpus:
                 out.append(f"GPU{g.index} ", style="bold")
                 out.append(fmt.one_line(g.name, 24) + "\n", style="dim")
-                util_spark = self._push(f"gpu{g.index}.util", g.util)
                 out.append(f"  util {g.util:>3.0f}% " if g.util is not None else "  util   —  ")
-                out.append(util_spark + "\n", style="green")
-                mem_pct = (g.mem_used / g.mem_total * 100) if g.mem_used is not None and g.mem_total else None
-                mem_spark = self._push(f"gpu{g.index}.mem", mem_pct)
+                out.append(self._spark(f"gpu{g.index}.util") + "\n", style=busy)
                 out.append(f"  mem  {fmt.bytes_(g.mem_used)} / {fmt.bytes_(g.mem_total)} ")
-                out.append(mem_spark + "\n", style="cyan")
+                out.append(self._spark(f"gpu{g.index}.mem") + "\n", style=memory)
                 temp = f"{g.temp:.0f}°C" if g.temp is not None else "—"
                 power = f"{g.power:.0f} W" if g.power is not None else "—"
                 if g.power is not None and g.power_limit:
                     power += f" / {g.power_limit:.0f} W"
                 out.append(f"  temp {temp}   power {power}\n")
         else:
-            out.append((sample.gpu_note or "No NVIDIA GPU") + "\n", style="yellow")
+            out.append((sample.gpu_note or "No NVIDIA GPU") + "\n", style=style("$warning"))
         if sample.proc is not None:
             p = sample.proc
-            cores = sample.cpu_count or 1
-            spark = self._push("proc.cpu", p.cpu_percent / cores)
             out.append("training ", style="bold")
             out.append(f"cpu {p.cpu_percent:>4.0f}% ")
-            out.append(spark, style="green")
+            out.append(self._spark("proc.cpu"), style=busy)
             out.append(f"\n  rss {fmt.bytes_(p.rss)} · {p.count} proc{'s' if p.count != 1 else ''} · engine pid {p.root_pid}\n")
         elif sample.proc_note:
             out.append(f"training: {sample.proc_note}\n", style="dim")
         if sample.cpu_percent is not None:
-            spark = self._push("sys.cpu", sample.cpu_percent)
             out.append("system   ", style="bold")
             out.append(f"cpu {sample.cpu_percent:>4.0f}% ")
-            out.append(spark, style="green")
+            out.append(self._spark("sys.cpu"), style=busy)
             out.append(f"\n  mem {fmt.bytes_(sample.mem_used)} / {fmt.bytes_(sample.mem_total)}")
             if sample.cpu_count:
                 out.append(f"  ({sample.cpu_count} cores)")

@@ -1,15 +1,23 @@
-"""Theme files, the user's own themes, the choice of theme, NO_COLOR."""
+"""Theme files, the user's own themes, the choice of theme, colours from the theme, NO_COLOR."""
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import tomllib
 
 import pytest
+from rich.color import Color as RichColor
 
 from tests.tui.conftest import FixedSampler, wait_for
+from tests.tui.fake_engine import history
 from tui.app import MonitorApp
+from tui.detail import ExperimentScreen
+from tui.history import HistoryScreen
+from tui.hypothesis_pane import HypothesisPane
+from tui.table import VirtualTable
+from tui.util_pane import UtilPane
 from tui.themes import DEFAULT_THEME, load_themes, parse_theme
 
 pytestmark = pytest.mark.anyio
@@ -72,3 +80,108 @@ async def test_unknown_theme_falls_back_and_no_color_is_respected(engine, monkey
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.theme == DEFAULT_THEME, "the default theme")
         assert any("no-such-theme" in p for p in app.theme_problems)
+
+
+# -- colours on screen ---------------------------------------------------------------------
+
+THEME_SUCCESS = {"autoresearch-night": "#76c893", "autoresearch-paper": "#2e7d32"}
+THEME_ERROR = {"autoresearch-night": "#e4572e", "autoresearch-paper": "#b00020"}
+
+
+def colour_of(widget, needle: str) -> RichColor | None:
+    """The colour ``widget`` draws ``needle`` in, as it reaches the screen (after the app's
+    filters), or None where the text is not drawn."""
+    for y in range(widget.size.height):
+        for segment in widget.render_line(y):
+            if needle in segment.text and segment.style is not None:
+                return segment.style.color
+    return None
+
+
+def near(colour: RichColor | None, hex_: str) -> bool:
+    """Textual may round a channel by one on the way to the screen."""
+    if colour is None or colour.triplet is None:
+        return False
+    want = RichColor.parse(hex_).triplet
+    return all(abs(a - b) <= 1 for a, b in zip(colour.triplet, want))
+
+
+@pytest.fixture
+def busy_engine(engine):
+    history(engine, 12)  # #6 is kept, #11 crashed
+    engine.begin(12, "raise LR", "h")
+    return engine
+
+
+async def test_colours_come_from_the_theme_and_follow_a_change_of_theme(busy_engine):
+    app = MonitorApp(busy_engine.run, sampler=FixedSampler(), stats_interval=3600)
+    async with app.run_test(size=(160, 50)) as pilot:
+        screen = app.screen
+        topbar, diff = screen.query_one("#topbar"), screen.query_one("DiffPane Static")
+        util = screen.query_one(UtilPane)
+        await wait_for(pilot, lambda: colour_of(diff, "+LEARNING_RATE") is not None, "the diff")
+        await wait_for(pilot, lambda: util.samples == 1 and colour_of(topbar, "engine running") is not None, "the panes")
+        for name in ("autoresearch-night", "autoresearch-paper"):
+            app.theme = name
+            success, error = THEME_SUCCESS[name], THEME_ERROR[name]
+            await wait_for(pilot, lambda: near(colour_of(diff, "+LEARNING_RATE"), success), f"{name}: added lines")
+            assert near(colour_of(diff, "-LEARNING_RATE"), error)
+            await wait_for(pilot, lambda: near(colour_of(topbar, "engine running"), success), f"{name}: the top bar")
+            assert near(colour_of(screen.query_one(HypothesisPane), "keep "), success)
+            primary = app.current_theme.primary  # sparklines: green is for kept experiments
+            await wait_for(pilot, lambda: near(colour_of(util, "█"), primary), f"{name}: the sparklines")
+        # A terminal theme hands the terminal its own palette's colours (ANSI numbers).
+        app.theme = "autoresearch-terminal"
+        await wait_for(pilot, lambda: getattr(colour_of(diff, "+LEARNING_RATE"), "number", None) == 2, "ANSI green")
+        assert colour_of(diff, "-LEARNING_RATE").number == 1  # ANSI red
+        assert colour_of(topbar, "engine running").number == 2
+
+
+async def test_history_and_an_experiment_follow_a_change_of_theme(busy_engine):
+    app = MonitorApp(busy_engine.run, sampler=FixedSampler(), stats_interval=3600)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: len(app.view.results) == len(busy_engine.results), "the results")
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen), "the history")
+        table, preview = app.screen.query_one(VirtualTable), app.screen.query_one("#preview-text")
+        await wait_for(pilot, lambda: colour_of(table, "keep") is not None, "the rows")
+        for name in ("autoresearch-paper", "autoresearch-night"):  # the cursor is on #11, which crashed
+            app.theme = name
+            await wait_for(pilot, lambda: near(colour_of(table, "keep"), THEME_SUCCESS[name]), f"{name}: the rows")
+            await wait_for(pilot, lambda: near(colour_of(preview, "crash"), THEME_ERROR[name]), f"{name}: the preview")
+        table.cursor = next(i for i, r in enumerate(table.rows) if r["status"] == "keep")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExperimentScreen) and app.screen.loaded is not None, "the experiment")
+        head = app.screen.query_one("#detail-head")
+        await wait_for(pilot, lambda: near(colour_of(head, "keep"), THEME_SUCCESS["autoresearch-night"]), "the head line")
+        app.theme = "autoresearch-paper"
+        await wait_for(pilot, lambda: near(colour_of(head, "keep"), THEME_SUCCESS["autoresearch-paper"]), "the head, repainted")
+
+
+EXPORT_DEFAULT = "#c5c8c6"  # what a screenshot writes for text that has no colour of its own
+
+
+def screen_colours(app) -> set[tuple[int, int, int]]:
+    """Every text and background colour in a screenshot of the app (not the window frame)."""
+    svg = app.export_screenshot()
+    text = re.findall(r"\.terminal-[\w-]*r\d+ \{ fill: (#[0-9a-f]{6})", svg)
+    cells = re.findall(r'<rect fill="(#[0-9a-f]{6})"[^>]*shape-rendering="crispEdges"', svg)
+    return {RichColor.parse(h).triplet for h in text + cells if h != EXPORT_DEFAULT}
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+async def test_no_color_leaves_nothing_but_greys(busy_engine, monkeypatch, no_color):
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    app = MonitorApp(busy_engine.run, sampler=FixedSampler(), stats_interval=3600)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: colour_of(app.screen.query_one("DiffPane Static"), "+LEARNING_RATE") is not None, "the diff")
+        await pilot.press("h")  # the history's status column too
+        await wait_for(pilot, lambda: "History" in type(app.screen).__name__, "the history")
+        await pilot.pause()
+        colours = screen_colours(app)
+        greys = {c for c in colours if c.red == c.green == c.blue}
+        if no_color:
+            assert colours and colours == greys
+        else:
+            assert colours != greys  # the check above can fail: colours are there without NO_COLOR
