@@ -77,8 +77,8 @@ Namespaces and process flags:
 - ``--cap-drop ALL``: no capabilities, even when the engine runs as root.
 - ``--clearenv`` then one ``--setenv`` per variable the caller gives: nothing of the
   engine's environment (API keys) leaks by default. bwrap sets ``PWD`` after
-  ``--chdir``; the command is run through ``/usr/bin/env -u PWD`` so the environment is
-  exactly the caller's.
+  ``--chdir``; the command is run through ``/usr/bin/env -u PWD`` (about a millisecond)
+  so the environment is exactly the caller's.
 
 Filesystem (a fresh tmpfs root, remounted read-only at the end; nothing of the host is
 there unless listed here):
@@ -87,8 +87,8 @@ there unless listed here):
   ``/proc/driver/nvidia`` is global kernel state and shows up there as it is.
 - ``--dev /dev``: a minimal /dev (null, zero, full, random, urandom, tty, pts).
 - GPUs: ``--dev-bind`` of every ``/dev/nvidia*`` (nvidiactl, nvidia-uvm,
-  nvidia-uvm-tools, nvidia0..N, nvidia-modeset, the nvidia-caps dir for MIG) and
-  ``/dev/dri`` when they exist. The driver's user-space libraries (libcuda) live
+  nvidia-uvm-tools, nvidia0..N, nvidia-modeset, the nvidia-caps dir for MIG),
+  ``/dev/dri`` and ``/dev/kfd`` (AMD) when they exist. The driver's user-space libraries (libcuda) live
   under /usr (/usr/lib/x86_64-linux-gnu, /usr/lib64 or /usr/local/nvidia), found
   through /etc/ld.so.cache, so no extra bind is needed for them.
 - ``/usr`` read-only; ``/bin /sbin /lib /lib32 /lib64 /libx32`` re-created as the same
@@ -126,8 +126,26 @@ Not bound: $HOME, /root, /home, /var, /run, /mnt, /srv, /opt, /media, the host's
 the repository (unless a caller mounts part of it). The interpreter inside is the
 running one; a different Python for the target is not supported.
 
-GPU support is written from the driver's documented layout and was checked on one
-H100 box (see tests/engine/test_sandbox.py for what runs in CI: CPU only).
+GPUs: checked on one NVIDIA H100 box (Firecracker VM, driver 580.159, torch 2.11+cu130,
+the driver's libraries in /usr/local/nvidia/lib64 and /lib): inside this view
+torch.cuda.is_available(), a bf16 matmul, causal scaled_dot_product_attention and
+torch.compile (Triton: gcc, ldconfig, /tmp) all ran, with the runner's environment
+and with a bare one (no LD_LIBRARY_PATH). Not checked: several GPUs, MIG,
+/dev/dri and nvidia-modeset (absent there), AMD (/dev/kfd is bound when present),
+a non-root engine on a GPU box. CI runs on CPU only.
+
+Caller's duties (this module cannot see them):
+
+- everything under a writable mount is untrusted afterwards: never follow symlinks
+  there from the engine; a mount whose host path is itself a symlink is refused, so
+  a checkpoint that train.py swapped for a link to a host file is not bound into
+  the model server;
+- use a fresh scratch dir per run, and keep secrets out of ``env``: bwrap's command
+  line, which holds the ``--setenv`` values, is readable by other host processes;
+- ``hide`` covers the host paths given, nothing else: another copy of the same text
+  (a system Python's stdlib of the same version under /usr/lib/python3.X) stays
+  readable unless it is listed too; and a hidden module that Python or torch
+  imports breaks that import.
 """
 
 from __future__ import annotations
@@ -162,7 +180,7 @@ ETC_ENTRIES = (
     "protocols", "services",
 )
 SYS_ENTRIES = ("devices", "bus", "class", "dev", "module")
-GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")
+GPU_DEVICES = ("/dev/nvidia*", "/dev/dri", "/dev/kfd")
 
 # A caller may not mount over these: the sandbox's own system view lives there.
 RESERVED = ("/proc", "/dev", "/sys", "/etc", "/usr") + SYSTEM_LINKS
@@ -376,8 +394,8 @@ class Jail:
             args += ["--bind" if writable else "--ro-bind", host, inside]
         args += _hide_args(self._hidden_paths(), self._visible_trees())
         args += ["--remount-ro", "/", "--chdir", _norm_inside(cwd), "--"]
-        if "PWD" not in env and os.path.exists(ENV_BINARY):
-            args += [ENV_BINARY, "-u", "PWD", "--"]
+        if os.path.exists(ENV_BINARY):  # bwrap sets PWD itself; restore the caller's
+            args += [ENV_BINARY, "-u", "PWD", "--"] + ([f"PWD={env['PWD']}"] if "PWD" in env else [])
         return Launch(args + argv, {"PATH": os.defpath}, host_cwd or "/", sandboxed=True)
 
     def _visible_trees(self) -> list[tuple[str, str]]:
@@ -434,8 +452,11 @@ def _mirror(path: str) -> list[str]:
 
 def _python_args(roots: list[tuple[str, str]]) -> list[str]:
     args: list[str] = []
+    done: set[str] = set()
     for host, inside in roots:
-        args += ["--ro-bind", host, inside]
+        if inside not in done:
+            done.add(inside)
+            args += ["--ro-bind", host, inside]
     return args
 
 
@@ -522,6 +543,8 @@ def _check_binds(binds: list[tuple[str, str, bool]]) -> None:
         if inside in seen:
             raise SandboxError(f"{inside} is mounted twice")
         seen.add(inside)
+        if os.path.islink(host):  # a checkpoint swapped for a link to a host secret, say
+            raise SandboxError(f"refusing to mount {host} at {inside}: it is a symbolic link")
         if not os.path.exists(host):
             raise SandboxError(f"cannot mount {host} at {inside}: it does not exist")
         for parent, parent_host, _ in binds:
