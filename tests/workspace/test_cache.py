@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ def test_source_directory_builds_a_cache_whose_manifest_names_it(corpus):
     total = sum(p.stat().st_size for p in corpus.rglob("*.txt"))
     assert sum(a["bytes"] for a in manifest["artifacts"].values()) == total
     assert manifest["artifacts"]["val.bin"]["bytes"] > 0
+    assert manifest["format"] == prepare.MANIFEST_FORMAT
+    assert manifest["hidden"] == [str(corpus.resolve())]  # the sandbox hides the whole source
     prepare.verify_cache(cache)
 
 
@@ -96,9 +99,52 @@ def test_tampered_artifact_is_refused_with_the_fix(cache):
     data = bytearray(val.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
     val.write_bytes(bytes(data))
-    with pytest.raises(prepare.CacheError, match="autoresearch prepare --force") as err:
-        prepare.load_split("train")  # any load checks every artifact
-    assert "val.bin" in str(err.value)
+    for check in (lambda: prepare.load_split("val"), prepare.verify_cache):
+        with pytest.raises(prepare.CacheError, match="autoresearch prepare --force") as err:
+            check()
+        assert "val.bin" in str(err.value)
+    assert prepare.load_split("train").numel() > 0  # a load checks what it reads, and only that
+
+
+def test_sandbox_view_with_only_the_manifest_and_train_bin(cache, tmp_path, monkeypatch):
+    view = tmp_path / "view"
+    view.mkdir()
+    for name in ("manifest.json", "train.bin"):
+        shutil.copy(cache / name, view / name)
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(view))
+    assert bytes(prepare.load_split("train").numpy()) == (cache / "train.bin").read_bytes()
+    x, y = next(prepare.make_loader("train", batch_size=2, seq_len=16, device="cpu"))
+    assert x.shape == (2, 16)
+    with pytest.raises(prepare.CacheError, match="val.bin is missing"):
+        prepare.load_split("val")
+    with pytest.raises(prepare.CacheError):
+        prepare.verify_cache()
+    (view / "train.bin").write_bytes(b"x" + (cache / "train.bin").read_bytes()[1:])
+    with pytest.raises(prepare.CacheError, match="train.bin does not match"):
+        prepare.load_split("train")
+
+
+def test_a_model_server_never_gets_the_validation_split(cache, monkeypatch):
+    monkeypatch.setattr(prepare, "_SERVING", True)
+    with pytest.raises(prepare.CacheError, match="not available to a model server"):
+        prepare.load_split("val")
+    assert prepare.load_split("train").numel() > 0
+
+
+def test_a_cache_from_an_older_prepare_is_rebuilt_with_a_clear_message(cache, capsys):
+    path = cache / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format"] = 1
+    del manifest["hidden"]
+    manifest["checksum"] = prepare._manifest_checksum(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(prepare.CacheError, match=r"format 1.*older prepare.py.*autoresearch prepare --force"):
+        prepare.load_split("train")
+    capsys.readouterr()
+    prepare.build_cache(manifest["corpus"]["source"])
+    said = capsys.readouterr().out
+    assert "format 1" in said and "rebuilding" in said
+    assert prepare.verify_cache()["format"] == prepare.MANIFEST_FORMAT
 
 
 def test_tampered_manifest_is_refused_with_the_fix(cache):

@@ -1,123 +1,174 @@
-"""The evaluator's arithmetic, its causality probe and its refusal of broken models."""
+"""The scorer's arithmetic, its windows and probes, and its handling of a model server that
+breaks the protocol (a torch-free fake server, so these run fast)."""
 
 from __future__ import annotations
 
-import math
+import json
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
-import torch.nn as nn
 
 import prepare
 
-from .util import small_config
+from .util import ROOT, read_eval, run_evaluate
+
+FAKE = Path(__file__).with_name("fake_server.py")
 
 
-class Uniform(nn.Module):
-    """Equal logits for every byte: exactly log2(256) = 8 bits per byte."""
-
-    seq_len = 64
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, idx):
-        return torch.zeros(idx.shape[0], idx.shape[1], 256) + 0 * self.dummy
+def fake_cmd(mode: str) -> str:
+    return json.dumps([sys.executable, str(FAKE), mode])
 
 
-class PeeksAhead(Uniform):
-    """Predicts byte t+1 by reading it from the input: perfect score, but not causal."""
-
-    def forward(self, idx):
-        nxt = torch.roll(idx, shifts=-1, dims=1)
-        return torch.nn.functional.one_hot(nxt, 256).float() * 50
-
-
-class ReturnsNaN(Uniform):
-    def forward(self, idx):
-        return torch.full((idx.shape[0], idx.shape[1], 256), float("nan"))
-
-
-class WrongVocab(Uniform):
-    def forward(self, idx):
-        return torch.zeros(idx.shape[0], idx.shape[1], 255)
+# --- arithmetic ------------------------------------------------------------------------
 
 
 def test_uniform_logits_score_exactly_eight_bits():
-    targets = torch.randint(0, 256, (3, 17))
-    nats, count = prepare.nats_of(torch.zeros(3, 17, 256), targets, torch.ones(3, 17, dtype=torch.bool))
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 256, (3, 17)).astype(np.uint8)
+    logp = prepare.log_softmax(np.zeros((3, 17, 256), dtype=np.float32))
+    assert logp.dtype == np.float32
+    nats, count = prepare.nats_of(logp, targets, np.ones((3, 17), dtype=bool))
     assert count == 51
     assert prepare.bits_per_byte(nats, count) == pytest.approx(8.0, abs=1e-6)
 
 
 def test_all_mass_on_the_right_byte_scores_about_zero():
-    targets = torch.randint(0, 256, (2, 40))
-    logits = torch.nn.functional.one_hot(targets, 256).float() * 100
-    nats, count = prepare.nats_of(logits, targets, torch.ones(2, 40, dtype=torch.bool))
+    targets = np.random.default_rng(1).integers(0, 256, (2, 40)).astype(np.uint8)
+    logits = np.eye(256, dtype=np.float32)[targets] * 100
+    nats, count = prepare.nats_of(prepare.log_softmax(logits), targets, np.ones((2, 40), dtype=bool))
     assert prepare.bits_per_byte(nats, count) < 1e-6
 
 
 def test_masked_positions_are_not_counted():
-    targets = torch.randint(0, 256, (2, 10))
-    logits = torch.nn.functional.one_hot(targets, 256).float() * 100  # perfect ...
-    mask = torch.ones(2, 10, dtype=torch.bool)
+    targets = np.random.default_rng(2).integers(0, 256, (2, 10)).astype(np.uint8)
+    logits = np.eye(256, dtype=np.float32)[targets] * 100  # perfect ...
+    logits[:, 6:] *= -1  # ... except on padding
+    mask = np.ones((2, 10), dtype=bool)
     mask[:, 6:] = False
-    logits[:, 6:] = -torch.nn.functional.one_hot(targets[:, 6:], 256).float() * 100  # ... except padding
-    nats, count = prepare.nats_of(logits, targets, mask)
+    nats, count = prepare.nats_of(prepare.log_softmax(logits), targets, mask)
     assert count == 12
     assert prepare.bits_per_byte(nats, count) < 1e-6
 
 
-def test_validation_windows_score_every_slice_byte_once_and_pad_the_rest():
-    val = torch.arange(100_000, dtype=torch.int64).remainder(251).to(torch.uint8)
+def test_log_softmax_matches_torch_in_float32():
+    import torch
+
+    logits = np.random.default_rng(3).normal(0, 5, (4, 9, 256)).astype(np.float32)
+    ours = prepare.log_softmax(logits)
+    theirs = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+# --- windows and probes ----------------------------------------------------------------
+
+
+def test_windows_score_every_slice_byte_once_and_the_slices_never_touch():
+    val = (np.arange(100_000) % 251).astype(np.uint8)
     for context in (64, 300, prepare.MAX_SEQ_LEN):
-        xs, ys, ms = prepare._val_windows(val, context)
-        assert xs.shape == ys.shape == ms.shape and xs.shape[1] == context
-        assert int(ms.sum()) == prepare.VAL_BYTES
+        w = prepare.validation_windows(val, context, holdout=True)
+        S, W, T = w.x.shape
+        assert S == 2 * prepare.VAL_SEGMENTS and T == context and w.holdout.sum() == prepare.VAL_SEGMENTS
+        for rows in (~w.holdout, w.holdout):
+            assert int(w.mask[rows].sum()) == prepare.VAL_BYTES
         # Within a window, each real target is the byte after its input.
-        assert torch.equal(((xs + 1) % 251)[ms], ys[ms])
-    xs, ys, ms = prepare._val_windows(val, 300)  # 2048 targets per piece: 7 windows, 52 pads
-    assert int((~ms).sum()) == prepare.VAL_SEGMENTS * (7 * 300 - prepare.VAL_BYTES // prepare.VAL_SEGMENTS)
+        assert np.array_equal(((w.x.astype(int) + 1) % 251)[w.mask], w.y[w.mask])
+    # Without --holdout the decision slice is the same, alone.
+    alone = prepare.validation_windows(val, 300)
+    both = prepare.validation_windows(val, 300, holdout=True)
+    assert np.array_equal(alone.x, both.x[~both.holdout]) and not alone.holdout.any()
+    # Interleaved pieces, never touching: ranges of byte offsets with a gap between them.
+    region = len(val) // (2 * prepare.VAL_SEGMENTS)
+    seg_len = prepare.VAL_BYTES // prepare.VAL_SEGMENTS + 1
+    assert seg_len < region  # at least one byte between a piece and the next region's
 
 
-def test_uniform_model_scores_eight_on_the_real_slice(cache):
-    result = prepare.evaluate_model(Uniform())
-    assert result["val_bpb"] == pytest.approx(8.0, abs=1e-6)
-    assert result["causal"] is True
-    assert result["context"] == 64
-    assert result["val_bytes"] > 1000
-    assert len(result["manifest_sha256"]) == 64
+def test_small_validation_split_shrinks_the_pieces_and_a_tiny_one_is_refused():
+    w = prepare.validation_windows(np.arange(3300, dtype=np.uint8), 32, holdout=True)
+    assert 0 < int(w.mask.sum()) < 2 * prepare.VAL_BYTES
+    with pytest.raises(prepare.CacheError, match="too few"):
+        prepare.validation_windows(np.zeros(40, dtype=np.uint8), 32)
 
 
-def test_causality_probe_rejects_a_model_that_looks_ahead(cache):
-    with pytest.raises(prepare.EvalError, match="non-causal"):
-        prepare.evaluate_model(PeeksAhead())
+def test_probes_cut_a_scored_window_at_a_random_position():
+    val = np.random.default_rng(4).integers(0, 256, 60_000).astype(np.uint8)
+    w = prepare.validation_windows(val, 100, holdout=True)
+    probes = prepare.make_probes(w, 300)
+    assert len(probes) == 300
+    for p in probes:
+        original = w.x[p.segment, p.window]
+        real = int(w.mask[p.segment, p.window].sum())
+        assert 1 <= p.cut < real <= 100
+        assert np.array_equal(p.x[: p.cut], original[: p.cut]) and p.x[p.cut] != original[p.cut]
+    assert len({p.cut for p in probes}) > 40  # spread over the positions
+    assert {bool(w.holdout[p.segment]) for p in probes} == {False, True}  # from both slices
+    again = prepare.make_probes(w, 300)  # fresh randomness every time
+    assert [(p.segment, p.window, p.cut) for p in probes] != [(p.segment, p.window, p.cut) for p in again]
 
 
-def test_causality_probe_accepts_the_baseline(cache):
-    import train
-
-    model = train.GPT(**small_config(depth=2, width=64, seq_len=64))
-    for p in model.parameters():  # no all-zero tables: every input must be able to matter
-        torch.nn.init.normal_(p, std=0.2)
-    x = torch.randint(0, 256, (4, 64))
-    prepare.check_causal(model.eval(), x)  # raises if it were not causal
-    result = prepare.evaluate_model(model)
-    assert 7.0 < result["val_bpb"] < 10.0 and math.isfinite(result["val_bpb"])
+# --- the protocol, against a fake server ---------------------------------------------------
 
 
-def test_nan_logits_and_wrong_shapes_are_refused(cache):
-    with pytest.raises(prepare.EvalError, match="NaN"):
-        prepare.evaluate_model(ReturnsNaN())
-    with pytest.raises(prepare.EvalError, match="wrong shape"):
-        prepare.evaluate_model(WrongVocab())
+@pytest.fixture
+def paths(tmp_path):
+    train_py, ckpt = tmp_path / "train.py", tmp_path / "ckpt.pt"
+    train_py.write_text("# the fake server never reads this\n")
+    ckpt.write_bytes(b"unused")
+    return train_py, ckpt, tmp_path / "eval.json"
 
 
-def test_evaluation_is_deterministic(cache):
-    import train
+def test_scorer_never_imports_torch_and_scores_uniform_logits_at_eight_bits(cache, paths):
+    train_py, ckpt, out = paths
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "prepare.py"), "evaluate", "--train", str(train_py),
+         "--checkpoint", str(ckpt), "--out", str(out), "--holdout", "--server-cmd", fake_cmd("uniform")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = [line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "numpy" in imported and not [m for m in imported if m.split(".")[0] == "torch"]
+    report = read_eval(out)
+    assert report["val_bpb"] == pytest.approx(8.0, abs=1e-6) and report["holdout_bpb"] == pytest.approx(8.0, abs=1e-6)
+    assert report["causal"] is True and report["probe_rows"] >= prepare.PROBE_ROWS
+    assert report["context"] == 32 and report["num_params"] == 1234
+    assert "val_bpb: 8.000000" in result.stdout and "holdout_bpb: 8.000000" in result.stdout
 
-    torch.manual_seed(3)
-    model = train.GPT(**small_config())
-    first, second = prepare.evaluate_model(model), prepare.evaluate_model(model)
-    assert first["val_bpb"] == second["val_bpb"]
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("garbage", "broke the protocol"),
+        ("wrong_shape", "wrong shape"),
+        ("wrong_rows", "wrong shape"),
+        ("nan", "NaN or infinite"),
+        ("huge_header", "wrong shape"),
+        ("huge_failure", "broke the protocol"),
+        ("exit_at_start", "exited early (exit status 3"),
+        ("exit_early", "exited early"),
+        ("short", "exited early"),
+        ("hang", "did not answer within 1 s"),
+        ("hang_after_two", "did not answer within 1 s"),
+        ("fail", "failed: could not load checkpoint"),
+    ],
+)
+def test_a_server_that_breaks_the_protocol_is_refused(cache, paths, mode, message):
+    train_py, ckpt, out = paths
+    out.write_text('{"val_bpb": 0.001}')  # a forged file left by an earlier process
+    result = run_evaluate(train_py, ckpt, out, "--server-cmd", fake_cmd(mode), "--timeout", "1", timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    fail = [line for line in result.stderr.splitlines() if line.startswith("FAIL evaluate:")]
+    assert len(fail) == 1 and message in fail[0], result.stderr
+    assert "\x1b" not in fail[0] and "\x07" not in fail[0]  # the server's text is made printable
+    assert not out.exists()
+    assert "val_bpb" not in result.stdout
+
+
+def test_bad_server_command_is_a_usage_error(cache, paths):
+    train_py, ckpt, out = paths
+    for bad in ("not json", "[]", '["python", 3]', '"python"'):
+        result = run_evaluate(train_py, ckpt, out, "--server-cmd", bad)
+        assert result.returncode == 2 and "--server-cmd" in result.stderr
+    result = run_evaluate(train_py, ckpt, out, "--server-cmd", json.dumps(["/nonexistent/server"]))
+    assert result.returncode == 1 and "could not start the model server" in result.stderr

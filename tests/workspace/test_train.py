@@ -15,6 +15,8 @@ import pytest
 
 import prepare
 
+from .util import reference_scores
+
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = ("training_seconds", "total_seconds", "peak_mem_mb", "tokens_per_sec", "num_steps", "num_params_M", "depth")
 
@@ -38,7 +40,7 @@ def run_train(work: Path, budget: str = "3"):
     return subprocess.run([sys.executable, "train.py"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_three_second_run_then_isolated_evaluation_matches_in_process(cache, tmp_path):
+def test_three_second_run_then_isolated_evaluation_matches_a_reference(cache, tmp_path):
     work = workspace(tmp_path)
     result = run_train(work)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -74,9 +76,8 @@ def test_three_second_run_then_isolated_evaluation_matches_in_process(cache, tmp
     spec = importlib.util.spec_from_file_location("train_under_test", work / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    in_process = prepare.evaluate_model(module.load_model(str(ckpt)), device="cpu")
-    assert abs(in_process["val_bpb"] - report["val_bpb"]) < 1e-6
-    assert in_process["val_bytes"] == report["val_bytes"]
+    reference = reference_scores(module.load_model(str(ckpt)))
+    assert abs(reference["val"] - report["val_bpb"]) < 1e-6
     assert report["val_bpb"] < 8.5  # it learned something, or at least did not blow up
 
 
@@ -132,3 +133,18 @@ def test_bad_checkpoint_fails_evaluation_clearly(cache, tmp_path):
     assert result.returncode == 1
     assert "could not load checkpoint" in result.stderr
     assert not (tmp_path / "e.json").exists()
+
+
+def test_prepare_imports_torch_only_for_the_device(monkeypatch):
+    code = (
+        "import sys, prepare; before = 'torch' in sys.modules; budget = prepare.TIME_BUDGET;"
+        "print(before, budget, 'torch' in sys.modules, prepare.DEVICE, 'torch' in sys.modules)"
+    )
+    env = dict(os.environ, AUTORESEARCH_TIME_BUDGET="7")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.stdout.split() == ["False", "7.0", "False", "cpu", "True"], result.stderr
+    monkeypatch.delenv("AUTORESEARCH_TIME_BUDGET", raising=False)
+    assert prepare._time_budget() == 60.0  # by hand, on a CPU
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "soon")
+    with pytest.raises(SystemExit, match="number of seconds"):
+        prepare._time_budget()
