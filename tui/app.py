@@ -65,9 +65,7 @@ class MonitorApp(App[str | None]):
         *,
         clock: Callable[[], float] = time.time,
         sampler: Any = None,
-        use_watchdog: bool = True,
         stats_interval: float = STATS_INTERVAL,
-        theme: str | None = None,
     ):
         super().__init__()
         self.run_dir = run
@@ -75,11 +73,9 @@ class MonitorApp(App[str | None]):
         self.clock = clock
         self.sampler = sampler if sampler is not None else Sampler()
         self.stats_interval = stats_interval
-        self.watcher = RunWatcher(run, self._from_watcher, use_watchdog=use_watchdog)
+        self.watcher = RunWatcher(run, self._from_watcher)
         self.last_ack: Ack | None = None
-        self.acks: list[Ack] = []  # every acknowledgement this session, for tests and the log
-        self.errors: list[str] = []
-        self.batches = 0
+        self.acks: list[Ack] = []  # every acknowledgement this session, oldest first
         self.lock_pid: int | None = None
         self._in_flight: set[str] = set()
         self._last_sent: dict[str, float] = {}
@@ -95,7 +91,6 @@ class MonitorApp(App[str | None]):
         self._opened_at = time.time()
         self._polling_noted = False
         self.theme_problems: list[str] = []
-        self._requested_theme = theme
         self._load_themes()
 
     # -- start-up and shutdown ---------------------------------------------------------
@@ -108,7 +103,7 @@ class MonitorApp(App[str | None]):
         themes, self.theme_problems = load_themes()
         for theme in themes:
             self.register_theme(theme)
-        wanted = self._requested_theme or chosen_theme()
+        wanted = chosen_theme()
         fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
         if wanted not in self.available_themes:
             if wanted != DEFAULT_THEME:  # our own files missing (an install without themes/) is no news
@@ -175,7 +170,6 @@ class MonitorApp(App[str | None]):
             self.watcher.ack()
 
     def apply_batch(self, batch: Batch) -> None:
-        self.batches += 1
         if self.watcher.watchdog_error and not self._polling_noted:
             self._polling_noted = True
             self.notify(f"File events unavailable ({self.watcher.watchdog_error}); polling instead.", severity="warning")
@@ -387,7 +381,6 @@ class MonitorApp(App[str | None]):
     def report_error(self, doing: str, error: BaseException | None) -> None:
         """The one place where background failures reach the user."""
         text = f"Error while {doing}: {type(error).__name__}: {error}" if error else f"Error while {doing}"
-        self.errors.append(text)
         self.notify(text, severity="error", timeout=8)
 
     # -- screens -------------------------------------------------------------------------

@@ -129,7 +129,7 @@ Live screen
   h        history of every experiment
   d        the pending change full screen
   l        focus the training log (End follows the tail again)
-  r        restart the engine (only when it has died)
+  r        restart the engine (when it has stopped or died)
   tab      move between panes; at 80x24, 1-4 switch tabs
   ctrl+p   command palette: every action, plus themes
   q        quit: leave the loop running (default) or stop it

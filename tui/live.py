@@ -96,8 +96,7 @@ class LiveScreen(Screen):
         self._top: tuple | None = None  # what show_top and show_banner were last given,
         self._banner: tuple | None = None  # to draw it again in a new theme's colours
         on_theme_change(self, self._restyle)
-        if hasattr(self.app, "live_ready"):
-            self.app.live_ready()  # type: ignore[attr-defined]
+        self.app.live_ready()  # type: ignore[attr-defined]
 
     def on_resize(self, event: events.Resize) -> None:
         compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
@@ -177,10 +176,7 @@ class LiveScreen(Screen):
     # -- actions: the app does the work ---------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        app = self.app
-        if not hasattr(app, "can_run"):
-            return True
-        return app.can_run(action)  # type: ignore[attr-defined]
+        return self.app.can_run(action)  # type: ignore[attr-defined]
 
     def action_pause(self) -> None:
         self.app.confirm_and_send("pause")  # type: ignore[attr-defined]

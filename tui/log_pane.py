@@ -95,11 +95,6 @@ class LogPane(Vertical):
             self.waiting = 0
             self._show_status()
 
-    def follow(self) -> None:
-        self.log.scroll_end(animate=False)
-        self.waiting = 0
-        self._show_status()
-
     def _show_status(self) -> None:
         parts = []
         if self.waiting:
