@@ -1,19 +1,21 @@
-"""``autoresearch``: parse the command line and hand off to the engine or the monitor.
+"""``autoresearch``: the one command-line layer.
 
-Engine commands live in engine/commands.py; monitor commands in tui/launch.py. Both are
-imported lazily so that ``autoresearch status`` never loads Textual and nothing here
-loads torch.
+Parsing happens here, once; each subcommand is a function in autoresearch/commands.py.
+The options of a run are one table (``RUN_OPTIONS``) that builds both the parser and
+the configuration overrides, which then pass the same checks as autoresearch.toml.
+Nothing here imports Textual or torch: the monitor is loaded only when it opens.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-
+from engine.control import COMMANDS
 from engine.errors import UsageError
 
-CTL_COMMANDS = ("pause", "resume", "skip", "keep", "stop", "note")
+from .options import RUN_OPTIONS
 
+CTL_ACTIONS = tuple(c for c in COMMANDS if c != "ping")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With no command: start a run (or attach to the running one) and open the monitor.",
     )
     parser.add_argument("--repo", default=".", help="the research repository (default: current directory)")
-    parser.add_argument("--tag", help="run tag (default: the latest run, or today's date for a new one)")
+    parser.add_argument("--tag", help="run tag (default: the running run, else the latest; today's date for a new one)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("tui", help="attach the monitor to a run (running or finished)")
@@ -32,12 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--headless", action="store_true", help="no monitor: print one line per phase and result")
     p.add_argument("--agent", choices=["heuristic", "claude", "command"], help="who proposes changes")
-    p.add_argument("--budget", type=float, metavar="S", help="training seconds per experiment")
-    p.add_argument("--max-experiments", type=int, metavar="N", help="stop after N experiments")
-    p.add_argument("--max-cost", type=float, metavar="USD", help="pause the loop when the agent has cost this much")
-    p.add_argument("--model", help="the Claude model (for --agent claude)")
-    p.add_argument("--agent-command", metavar="CMD", help="the agent CLI (for --agent command), prompt on stdin")
-    p.add_argument("--seed", type=int, help="seed for the heuristic agent")
+    for flag, _key, type_, metavar, help_ in RUN_OPTIONS:
+        p.add_argument(flag, type=type_, metavar=metavar, help=help_)
 
     p = sub.add_parser("prepare", help="build the data cache (offline by default)")
     _common(p)
@@ -50,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ctl", help="send a command to the running engine")
     _common(p)
-    p.add_argument("action", choices=CTL_COMMANDS)
+    p.add_argument("action", choices=CTL_ACTIONS)
     p.add_argument("text", nargs="*", help="the note's text (for note)")
 
     p = sub.add_parser("history", help="every experiment of a run")
@@ -71,6 +69,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -79,36 +78,25 @@ def main(argv: list[str] | None = None) -> int:
             args.text = list(args.text) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from autoresearch import commands
+
+    handler = {
+        None: commands.start_or_attach,
+        "tui": commands.tui,
+        "serve": commands.serve,
+        "run": commands.run,
+        "prepare": commands.prepare,
+        "status": commands.status,
+        "ctl": commands.ctl,
+        "history": commands.history,
+    }[args.command]
     try:
-        return dispatch(args)
+        return handler(args, argv)
     except UsageError as e:
         print(f"autoresearch: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def dispatch(args: argparse.Namespace) -> int:
-    command = args.command
-    if command in (None, "tui", "serve") or (command == "run" and not args.headless):
-        from tui import launch
-
-        if command in (None, "run"):  # the engine in the background, the monitor in front
-            return launch.cmd_default(args)
-        if command == "tui":
-            return launch.cmd_tui(args)
-        return launch.cmd_serve(args)
-
-    from engine import commands
-
-    handler = {
-        "run": commands.cmd_run,
-        "prepare": commands.cmd_prepare,
-        "status": commands.cmd_status,
-        "ctl": commands.cmd_ctl,
-        "history": commands.cmd_history,
-    }[command]
-    return handler(args)
 
 
 if __name__ == "__main__":

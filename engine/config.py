@@ -6,9 +6,11 @@ A malformed file or an unknown key raises ConfigError with one clear line.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ def cuda_available() -> bool:
 class LoopConfig:
     budget_seconds: float | None = None  # None: 300 on CUDA, 60 on CPU
     timeout_seconds: float | None = None  # None: budget * 1.5 + 120
+    startup_seconds: float | None = None  # None: 90 on CUDA (torch.compile), 20 on CPU
     hang_seconds: float = 120.0
     baseline_runs: int = 2
     decision: str = "noise"  # or "strict"
@@ -64,6 +67,13 @@ class LoopConfig:
         if self.budget_seconds is not None:
             return float(self.budget_seconds)
         return 300.0 if cuda_available() else 60.0
+
+    def effective_startup(self) -> float:
+        """Wall seconds a training process may use beyond the budget (imports, compiling,
+        saving): the engine ends it as ``timeout`` past budget + startup."""
+        if self.startup_seconds is not None:
+            return float(self.startup_seconds)
+        return 90.0 if cuda_available() else 20.0
 
     def effective_timeout(self) -> float:
         if self.timeout_seconds is not None:
@@ -104,44 +114,66 @@ class Config:
         d = asdict(self)
         d["loop"]["budget_seconds"] = self.loop.effective_budget()
         d["loop"]["timeout_seconds"] = self.loop.effective_timeout()
+        d["loop"]["startup_seconds"] = self.loop.effective_startup()
         d["agent"]["name"] = self.agent.effective_name()
         return d
 
 
-def _apply(section_obj: Any, section_name: str, values: dict[str, Any]) -> None:
-    known = {f.name: f for f in fields(section_obj)}
+def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type: one clear line when it does not fit."""
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} {key} must be set")
+    origin = typing.get_origin(base)
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{where} {key} must be a finite number, not {value!r}")
+        value = float(value) if ok else value
+    elif base is int:
+        if isinstance(value, float) and not isinstance(value, bool) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is str:
+        ok = isinstance(value, str)
+    elif origin is list:
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+    else:
+        ok = True
+    if not ok:
+        want = {bool: "true or false", float: "a number", int: "a whole number", str: "a string"}.get(
+            base, "a list of strings" if origin is list else "another type")
+        raise ConfigError(f"{where} {key} must be {want}, not {value!r}")
+    return value
+
+
+def _apply(section_obj: Any, section_name: str, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    known = {f.name for f in fields(section_obj)}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{CONFIG_FILENAME}: unknown key [{section_name}] {key}")
-        current = getattr(section_obj, key)
+            raise ConfigError(f"{where}: unknown key [{section_name}] {key}")
         if key == "prices":
             if not isinstance(value, dict) or not all(
-                isinstance(v, list) and len(v) == 4 and all(isinstance(x, (int, float)) for x in v)
+                isinstance(v, list) and len(v) == 4
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+                        for x in v)
                 for v in value.values()
             ):
                 raise ConfigError(
-                    f"{CONFIG_FILENAME}: [agent] prices must map a model to "
+                    f"{where}: [agent] prices must map a model to "
                     "[input, output, cache_write, cache_read] USD per million tokens"
                 )
-            merged = dict(current)
+            merged = dict(section_obj.prices)
             merged.update({k: [float(x) for x in v] for k, v in value.items()})
-            setattr(section_obj, key, merged)
+            section_obj.prices = merged
             continue
-        if isinstance(current, bool) or isinstance(value, bool):
-            ok = isinstance(value, bool) and (current is None or isinstance(current, bool))
-        elif isinstance(current, (int, float)) or current is None:
-            ok = isinstance(value, (int, float, str)) if current is None else isinstance(value, (int, float))
-        elif isinstance(current, list):
-            ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
-        else:
-            ok = isinstance(value, type(current))
-        if not ok:
-            raise ConfigError(f"{CONFIG_FILENAME}: [{section_name}] {key} has the wrong type: {value!r}")
-        if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
-            if not value.is_integer():
-                raise ConfigError(f"{CONFIG_FILENAME}: [{section_name}] {key} must be a whole number")
-            value = int(value)
-        setattr(section_obj, key, value)
+        setattr(section_obj, key, _check_value(f"{where}: [{section_name}]", key, value, hints[key]))
 
 
 def validate(config: Config) -> None:
@@ -152,6 +184,8 @@ def validate(config: Config) -> None:
         raise ConfigError("budget must be a positive number of seconds")
     if loop.timeout_seconds is not None and loop.timeout_seconds <= 0:
         raise ConfigError("timeout must be a positive number of seconds")
+    if loop.startup_seconds is not None and loop.startup_seconds < 0:
+        raise ConfigError("startup_seconds must not be negative")
     if loop.hang_seconds <= 0:
         raise ConfigError("hang_seconds must be positive")
     if loop.baseline_runs < 1:
@@ -170,6 +204,16 @@ def validate(config: Config) -> None:
         raise ConfigError(f"unknown agent {agent.name!r}: choose one of {', '.join(AGENT_NAMES)}")
     if agent.max_cost is not None and agent.max_cost <= 0:
         raise ConfigError("max_cost must be a positive number of US dollars")
+    if loop.min_delta < 0 or loop.noise_k < 0:
+        raise ConfigError("min_delta and noise_k must not be negative")
+    for name in ("max_tokens", "max_turns", "max_failures"):
+        if getattr(agent, name) < 1:
+            raise ConfigError(f"[agent] {name} must be at least 1")
+    if agent.max_retries < 0:
+        raise ConfigError("[agent] max_retries must not be negative")
+    for name in ("request_timeout", "command_timeout"):
+        if getattr(agent, name) <= 0:
+            raise ConfigError(f"[agent] {name} must be a positive number of seconds")
 
 
 def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Config:
@@ -184,11 +228,11 @@ def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Co
         for section, values in data.items():
             if section not in ("loop", "agent") or not isinstance(values, dict):
                 raise ConfigError(f"{CONFIG_FILENAME}: unknown section [{section}] (expected [loop] or [agent])")
-            _apply(getattr(config, section), section, values)
+            _apply(getattr(config, section), section, values, CONFIG_FILENAME)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         section, key = dotted.split(".", 1)
-        setattr(getattr(config, section), key, value)
+        _apply(getattr(config, section), section, {key: value}, "command line")
     validate(config)
     return config

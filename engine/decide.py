@@ -5,11 +5,8 @@ Pure functions over numbers and log lines, so every rule is easy to test and rea
 
 from __future__ import annotations
 
-import math
 import re
-import statistics
 from dataclasses import dataclass
-from typing import Any, Iterable
 
 from .runner import ProcessResult
 
@@ -38,31 +35,12 @@ def classify_failure(run: ProcessResult) -> str | None:
     return "crash"
 
 
-def metric_is_bad(value: Any) -> bool:
-    return not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-
-
 def parse_float(text: str | None) -> float | None:
     """A number from a summary value like '58.3' or '1234.5 MB'; None if there is none."""
     if text is None:
         return None
     m = re.match(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", text)
     return float(m.group(1)) if m else None
-
-
-@dataclass
-class Baseline:
-    metric: float  # mean of the baseline runs: the reference the first change must beat
-    noise: float  # sample standard deviation of the baseline runs (0 with one run)
-    runs: int
-
-
-def estimate_baseline(metrics: Iterable[float]) -> Baseline | None:
-    values = [m for m in metrics if not metric_is_bad(m)]
-    if not values:
-        return None
-    noise = statistics.stdev(values) if len(values) >= 2 else 0.0
-    return Baseline(metric=statistics.fmean(values), noise=noise, runs=len(values))
 
 
 @dataclass

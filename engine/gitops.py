@@ -1,19 +1,27 @@
-"""Git plumbing for a run: the worktree, commits, refs, resets and diffs (GitPython).
+"""Git plumbing for a run: the worktree, commits, refs, resets, diffs, exports (GitPython).
 
 The user's own checkout is never touched: every change happens in the worktree at
-``.autoresearch/<tag>/worktree`` on branch ``autoresearch/<tag>``.
+``.autoresearch/<tag>/worktree`` on branch ``autoresearch/<tag>``. Every git command the
+engine runs has hooks turned off (``core.hooksPath=/dev/null``) and no fsmonitor, so
+nothing an agent or a training run planted in ``.git`` can run with the engine's
+environment. ``GitMetadata`` notices (and undoes) changes to the repository's own
+configuration, hooks and ignore/attribute files between two points in time.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
 from .errors import UsageError
+from .results import base_ref
 from .rundir import RUNS_DIRNAME
 
 # A tag becomes a branch and a directory name: keep it to a safe alphabet.
@@ -40,7 +48,7 @@ def open_repo(path: Path | str) -> git.Repo:
     if not path.is_dir():
         raise UsageError(f"{path} is not a directory")
     try:
-        repo = git.Repo(path, search_parent_directories=True)
+        repo = safe_repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise UsageError(f"{path} is not a git repository (run `git init` and commit train.py first)") from None
     if repo.bare:
@@ -52,21 +60,25 @@ def branch_name(tag: str) -> str:
     return f"autoresearch/{tag}"
 
 
-def experiment_ref(tag: str, n: int) -> str:
-    return f"refs/autoresearch/{tag}/{n:04d}"
+# Options for every engine git command: nothing planted in .git runs, nothing slow watches.
+SAFE_GIT_OPTIONS = ["core.hooksPath=/dev/null", "core.fsmonitor=false", "core.untrackedCache=false"]
 
 
-def base_ref(tag: str) -> str:
-    """Where the run started: the commit the baseline measures."""
-    return f"refs/autoresearch/{tag}/base"
+def safe_repo(path: Path | str, **kwargs) -> git.Repo:
+    repo = git.Repo(path, **kwargs)
+    repo.git.set_persistent_git_options(c=SAFE_GIT_OPTIONS)
+    return repo
+
+
+def common_dir(repo: git.Repo) -> Path:
+    """The repository's shared .git directory (the same for every worktree)."""
+    common = Path(repo.git.rev_parse("--git-common-dir"))
+    return common if common.is_absolute() else (Path(repo.working_tree_dir) / common).resolve()
 
 
 def ensure_excluded(repo: git.Repo) -> None:
     """Add ``/.autoresearch/`` to .git/info/exclude (never to the user's .gitignore)."""
-    common = Path(repo.git.rev_parse("--git-common-dir"))
-    if not common.is_absolute():
-        common = Path(repo.working_tree_dir) / common
-    exclude = common / "info" / "exclude"
+    exclude = common_dir(repo) / "info" / "exclude"
     line = f"/{RUNS_DIRNAME}/"
     try:
         existing = exclude.read_text(encoding="utf-8")
@@ -95,7 +107,7 @@ class Worktree:
     def __init__(self, path: Path, tag: str):
         self.path = Path(path)
         self.tag = tag
-        self.repo = git.Repo(self.path)
+        self.repo = safe_repo(self.path)
         self._env = None if _has_identity(self.repo) else _FALLBACK_IDENTITY
 
     # --- creation --------------------------------------------------------------
@@ -154,10 +166,47 @@ class Worktree:
                 i += 1
         return paths
 
-    def dirty_tracked(self) -> list[str]:
-        """Tracked files that differ from HEAD (untracked files ignored)."""
-        out = self.repo.git.status("--porcelain=v1", "-z", "--untracked-files=no")
-        return [e[3:] for e in out.split("\0") if len(e) >= 4]
+    def ignored_paths(self) -> list[str]:
+        """Files that git ignores: invisible to a diff, so a change may not add any."""
+        out = self.repo.git.status("--porcelain=v1", "-z", "--ignored=matching", "--untracked-files=all")
+        return [e[3:] for e in out.split("\0") if e.startswith("!! ")]
+
+    def symlinks(self, paths: list[str]) -> list[str]:
+        """Which of ``paths`` (relative) are symbolic links in the worktree."""
+        return [p for p in paths if (self.path / p).is_symlink()]
+
+    def modes_at(self, sha: str) -> dict[str, str]:
+        """Path -> git file mode of every tracked file of a commit (120000: a symlink)."""
+        out = self.repo.git.ls_tree("-r", "-z", sha)
+        modes = {}
+        for entry in out.split("\0"):
+            if entry:
+                meta, _, path = entry.partition("\t")
+                modes[path] = meta.split()[0]
+        return modes
+
+    def export(self, sha: str, dest: Path) -> None:
+        """Write the tracked files of ``sha`` (and nothing else: no .git, no ignored files) to ``dest``.
+
+        Only regular files are written; links and anything that would land outside
+        ``dest`` are skipped (a change that adds a link is rejected before it gets here).
+        """
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        data = self.repo.git.archive("--format=tar", sha, stdout_as_string=False)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar:
+                name = Path(member.name)
+                if name.is_absolute() or ".." in name.parts:
+                    continue
+                target = dest / name
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
 
     def change(self) -> Change:
         """The agent's change: stages everything (so new files show) and diffs it."""
@@ -215,3 +264,70 @@ def has_commits(repo: git.Repo) -> bool:
         return True
     except git.GitCommandError:
         return False
+
+
+class GitMetadata:
+    """The repository's own configuration, hooks, ignore and attribute files, at one moment.
+
+    Taken before an agent works and compared after: a change there (a hook, a filter
+    driver, an ignore rule that hides a new file) is no part of an experiment. ``restore``
+    puts the files back as they were.
+    """
+
+    WATCHED = ("config", "info/exclude", "info/attributes", "hooks")
+
+    def __init__(self, repo: git.Repo):
+        self.roots = [common_dir(repo)]
+        private = Path(repo.git.rev_parse("--git-dir"))
+        private = private if private.is_absolute() else (Path(repo.working_tree_dir) / private).resolve()
+        if private != self.roots[0]:
+            self.roots.append(private)  # a worktree's own config.worktree and info/
+        self.files = self._read()
+
+    def _read(self) -> dict[Path, bytes]:
+        found: dict[Path, bytes] = {}
+        for root in self.roots:
+            for name in (*self.WATCHED, "config.worktree"):
+                path = root / name
+                if path.is_dir() and not path.is_symlink():
+                    for child in sorted(path.rglob("*")):
+                        if child.is_file() or child.is_symlink():
+                            found[child] = _read_bytes(child)
+                elif path.exists() or path.is_symlink():
+                    found[path] = _read_bytes(path)
+        return found
+
+    def changes(self) -> list[str]:
+        """Names of the metadata files added, removed or changed since the snapshot."""
+        now = self._read()
+        changed = [p for p in set(now) | set(self.files) if now.get(p) != self.files.get(p)]
+        return sorted(_display(p, self.roots) for p in changed)
+
+    def restore(self) -> None:
+        now = self._read()
+        for path in set(now) - set(self.files):
+            path.unlink(missing_ok=True)
+        for path, data in self.files.items():
+            if now.get(path) != data:
+                if path.is_symlink():
+                    path.unlink()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.is_symlink():
+        return b"symlink -> " + os.readlink(path).encode()
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _display(path: Path, roots: list[Path]) -> str:
+    for root in roots:
+        try:
+            return ".git/" + path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return str(path)

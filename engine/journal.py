@@ -14,33 +14,32 @@ import time
 from typing import Any
 
 from . import rundir
+from .results import Result, State
 from .rundir import RunDir
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 HEARTBEAT_SECONDS = 2.0
 
 
-def tsv_row(record: dict[str, Any]) -> str:
+def tsv_row(r: Result) -> str:
     """Karpathy's five columns. Failed runs get 0.000000 and 0.0, as in his notebook."""
-    commit = (record.get("commit") or "")[:7] or "-------"
-    metric = record.get("metric")
-    val = f"{metric:.6f}" if isinstance(metric, (int, float)) and metric == metric else "0.000000"
-    mem = record.get("peak_mem_mb")
-    mem_gb = f"{mem / 1024:.1f}" if isinstance(mem, (int, float)) else "0.0"
-    desc = " ".join(str(record.get("description") or "").split())  # no tabs or newlines
-    return f"{commit}\t{val}\t{mem_gb}\t{record.get('status', '')}\t{desc}\n"
+    commit = (r.commit or "")[:7] or "-------"
+    val = f"{r.metric:.6f}" if r.scored else "0.000000"
+    mem_gb = f"{r.peak_mem_mb / 1024:.1f}" if r.peak_mem_mb is not None else "0.0"
+    desc = " ".join(r.description.split())  # no tabs or newlines
+    return f"{commit}\t{val}\t{mem_gb}\t{r.status}\t{desc}\n"
 
 
 class Journal:
     def __init__(self, rd: RunDir):
         self.rd = rd
         self._lock = threading.RLock()
-        self.state: dict[str, Any] = {}
+        self.state = State()
         self._last_heartbeat = 0.0
 
     # --- start-up ---------------------------------------------------------------
 
-    def open(self) -> list[dict[str, Any]]:
+    def open(self) -> list[Result]:
         """Repair truncated lines, rebuild the TSV, load the previous state; return results."""
         self.rd.root.mkdir(parents=True, exist_ok=True)
         self.rd.experiments.mkdir(exist_ok=True)
@@ -53,11 +52,11 @@ class Journal:
 
     # --- writing ----------------------------------------------------------------
 
-    def append_result(self, record: dict[str, Any]) -> None:
+    def append_result(self, result: Result) -> None:
         with self._lock:
-            rundir.append_jsonl(self.rd.results_jsonl, record)
+            rundir.append_jsonl(self.rd.results_jsonl, result.to_dict())
             with open(self.rd.results_tsv, "a", encoding="utf-8") as f:
-                f.write(tsv_row(record))
+                f.write(tsv_row(result))
 
     def event(self, type_: str, fsync: bool = True, **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "type": type_, **fields}
@@ -66,12 +65,10 @@ class Journal:
 
     def update_state(self, **fields: Any) -> None:
         with self._lock:
-            self.state.update(fields)
             t = round(time.time(), 3)
-            self.state["updated_at"] = t
-            self.state["heartbeat_at"] = t
+            self.state.update(**fields, updated_at=t, heartbeat_at=t)
             self._last_heartbeat = time.monotonic()
-            rundir.atomic_write_json(self.rd.state_json, self.state)
+            rundir.atomic_write_json(self.rd.state_json, self.state.to_dict())
 
     def heartbeat(self) -> None:
         """Refresh heartbeat_at every few seconds so readers can tell the engine lives."""

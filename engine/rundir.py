@@ -1,34 +1,29 @@
 """The run directory: the single source of truth shared by the engine and the monitor.
 
-Layout of ``<repo>/.autoresearch/<tag>/`` (see DESIGN.md, "The run directory"):
+Layout of ``<repo>/.autoresearch/<tag>/``:
 
     results.jsonl     one JSON object per finished experiment, appended and fsync'd
+                      (fields: engine/results.py, ``Result``)
     results.tsv       commit, val_bpb, memory_gb, status, description (Karpathy's columns)
     events.jsonl      one JSON object per event, each with "ts" (unix seconds) and "type"
-    state.json        the engine's current snapshot, replaced atomically
-    engine.lock       the engine's pid
+    state.json        the engine's current snapshot, replaced atomically (``State``)
+    engine.lock       the engine's pid, under an flock (engine/lock.py)
     control.sock      Unix socket for control commands (engine/control.py)
+    run.json          written once when the tag starts: base commit, budget, fingerprints
+    trusted/          prepare.py as the run started: the scorer runs from here
     worktree/         git worktree on branch autoresearch/<tag>
     experiments/NNNN/ run.log, diff.patch, hypothesis.md, eval.json
 
 Event types written to events.jsonl (every event also has "ts"; most have "n"):
 
-    engine      {"event": "start"|"resume"|"stop"|"exit", "pid": int}
-    phase       {"n": int, "phase": str}   phases: see PHASES
+    engine      {"event": "start"|"resume"|"exit", "pid": int}
+    phase       {"n": int|None, "phase": str}
     hypothesis  {"n": int, "text": str}    a chunk of agent text as it streams
     proposal    {"n": int, "hypothesis": str, "description": str, "agent": {...}}
-    result      {"n": int, "status": str, "metric": float|None, ...}  (short copy)
+    result      {"n": int, "status": str, "metric": float|None, ...}  (Result.short())
     command     {"cmd": str, "text": str|None, "result": "accepted"|"refused", "reason": str}
     usage       {"n": int, "agent": {...}}   tokens and cost of one proposal
     error       {"message": str, "n": int|None}
-
-state.json keys (all optional to a reader; the engine writes them all):
-
-    tag, pid, phase, experiment (n), started_at (experiment start), phase_started_at,
-    budget (seconds), timeout (seconds), paused (bool), pause_requested (bool),
-    stop_requested (bool), best {"n", "metric", "commit"}, baseline {"metric", "noise"},
-    counts {status: int}, agent {"name", "model"}, cost_usd, hypothesis, description,
-    error (str|None), updated_at, heartbeat_at, config {...}
 """
 
 from __future__ import annotations
@@ -36,38 +31,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .results import Result, State, parse_results
+
 RUNS_DIRNAME = ".autoresearch"
 
-PHASES = (
-    "starting",
-    "proposing",
-    "checking",
-    "running",
-    "evaluating",
-    "deciding",
-    "paused",
-    "stopped",
-    "error",
-)
 
-STATUSES = (
-    "baseline",
-    "keep",
-    "discard",
-    "crash",
-    "timeout",
-    "hang",
-    "oom",
-    "nan",
-    "skipped",
-    "rejected",
-    "interrupted",
-)
 
 
 @dataclass(frozen=True)
@@ -109,6 +81,15 @@ class RunDir:
         return self.root / "control.sock"
 
     @property
+    def run_info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def scorer(self) -> Path:
+        """The trusted copy of prepare.py that scores every experiment (from the base commit)."""
+        return self.root / "trusted" / "prepare.py"
+
+    @property
     def worktree(self) -> Path:
         return self.root / "worktree"
 
@@ -119,14 +100,11 @@ class RunDir:
     def experiment(self, n: int) -> Path:
         return self.experiments / f"{n:04d}"
 
-    def exists(self) -> bool:
-        return self.root.is_dir()
+    def read_state(self) -> State:
+        return State.from_dict(read_json(self.state_json))
 
-    def read_state(self) -> dict[str, Any]:
-        return read_json(self.state_json) or {}
-
-    def read_results(self) -> list[dict[str, Any]]:
-        return list(read_jsonl(self.results_jsonl))
+    def read_results(self) -> list[Result]:
+        return parse_results(read_jsonl(self.results_jsonl))
 
 
 def list_tags(repo: Path | str) -> list[str]:
@@ -243,20 +221,3 @@ def repair_jsonl(path: Path) -> bool:
             pos = start
         f.truncate(0)
         return True
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True when a process with this pid exists (it may belong to another user)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def now() -> float:
-    return time.time()

@@ -284,17 +284,17 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def kill_stale_group(pgid: int | None, cwd: Path) -> bool:
+def kill_stale_group(pgid: int | None, within: Path) -> bool:
     """At start-up: end the training group a previous (killed) engine left behind.
 
-    Only a group whose leader still runs in this run's worktree is touched, so a
+    Only a group whose leader still runs inside this run's directory is touched, so a
     recycled pid of some unrelated program is safe.
     """
     if not pgid:
         return False
     try:
         leader = psutil.Process(pgid)
-        if Path(leader.cwd()).resolve() != Path(cwd).resolve() or os.getpgid(pgid) != pgid:
+        if not Path(leader.cwd()).resolve().is_relative_to(Path(within).resolve()) or os.getpgid(pgid) != pgid:
             return False
     except (psutil.Error, OSError):
         return False

@@ -419,12 +419,12 @@ class MonitorApp(App[str | None]):
         self.push_screen(QuitModal(), answered)
 
     def restart_engine(self) -> None:
-        from tui.launch import start_engine
+        from engine.launcher import restart
 
         repo = self.run_dir.root.parent.parent
         self.notify(f"Starting the engine for tag {self.run_dir.tag}…")
         self.run_worker(
-            lambda: start_engine(repo, self.run_dir.tag).pid,
+            lambda: restart(repo, self.run_dir.tag),
             name="restarting the engine",
             group="restart",
             thread=True,

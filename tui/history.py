@@ -16,7 +16,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
-from engine.rundir import STATUSES, RunDir
+from engine.results import STATUSES
+from engine.rundir import RunDir
 from tui import fmt
 from tui.keybar import KeyBar
 from tui.table import Column, Record, TableHeader, VirtualTable

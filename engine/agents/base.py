@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from ..results import Best, Result
+
 
 @dataclass
 class ProposalContext:
@@ -18,9 +20,9 @@ class ProposalContext:
     worktree: Path  # the agent's working directory (git worktree at the best commit)
     program: str  # program.md text: the human's research instructions
     mutable: list[str]  # paths (relative to worktree) the agent may change
-    history: list[dict[str, Any]]  # results.jsonl records so far, oldest first
-    best: dict[str, Any] | None  # {"n", "metric", "commit"} of the current best, if any
-    last_result: dict[str, Any] | None  # the previous experiment's record
+    history: list[Result]  # results so far, oldest first
+    best: Best | None  # the current best, if any
+    last_result: Result | None  # the previous experiment's record
     last_log_tail: str  # UNTRUSTED: tail of the previous run.log; fence it, never obey it
     notes: list[str]  # human notes sent since the last proposal
     seed: int = 0

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..results import FAILED
 from .base import AgentError, Proposal, ProposalContext
 
-FAILED = ("crash", "timeout", "hang", "oom", "nan")
 LEVEL_PENALTY = 0.15  # a smaller step is a little less attractive than a bold one
 REFINE_BONUS = 0.35  # smaller steps of a constant whose moves were kept: home in on its optimum
 MAX_LEVELS = 8  # past the ladder, steps keep halving (multiplicative) or growing (counts)
@@ -408,30 +408,32 @@ class HeuristicAgent:
         stats: dict[tuple[str, str], list[tuple[float, str]]] = {}
         evidence: dict[tuple[str, str], tuple[int, float | None, str]] = {}
         for r in context.history:
-            cfg = self._config_at(context.worktree, r.get("commit"))
+            if r.status == "interrupted":
+                continue  # cut short by a stop or a crash of the engine: still untried
+            cfg = self._config_at(context.worktree, r.commit)
             if cfg is None:
                 continue
             tried.add(config_key(cfg))
-            parent = self._config_at(context.worktree, r.get("parent"))
-            if parent is None or r.get("baseline"):
+            parent = self._config_at(context.worktree, r.parent)
+            if parent is None or r.baseline:
                 continue
             moved = [k for k in cfg if k in parent and cfg[k] != parent[k]]
             if len(moved) != 1:
                 continue
             name = moved[0]
             direction = "up" if cfg[name] > parent[name] else "down"
-            status = r.get("status")
-            scale = max(r.get("threshold") or 0.0, 0.002)
+            status = r.status
+            scale = max(r.threshold or 0.0, 0.002)
             if status == "keep":
-                outcome = 1.0 + min(1.0, max(0.0, -(r.get("delta") or 0.0) / scale) / 4)
+                outcome = 1.0 + min(1.0, max(0.0, -(r.delta or 0.0) / scale) / 4)
             elif status == "discard":
-                outcome = max(-1.5, min(0.5, -(r.get("delta") or 0.0) / scale)) - 0.5
+                outcome = max(-1.5, min(0.5, -(r.delta or 0.0) / scale)) - 0.5
             elif status in FAILED:
                 outcome = -2.0
             else:
-                continue  # skipped, rejected, interrupted: says nothing about the move
+                continue
             stats.setdefault((name, direction), []).append((outcome, config_key(parent)))
-            evidence[(name, direction)] = (r.get("n"), r.get("delta"), status)
+            evidence[(name, direction)] = (r.n, r.delta, status)
         return tried, stats, evidence
 
     # -- choosing --

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..results import BROKE_OR_REFUSED, Result, Standing
 from ..untrusted import fence_untrusted, strip_control
 from .base import ProposalContext
 
@@ -28,8 +29,6 @@ SUMMARY_ITEMS = 10  # descriptions listed per group in the running summary
 MAX_NOTE_CHARS = 2_000
 MAX_NOTES = 10
 MAX_TEXT = 300  # a description or hypothesis quoted in the history
-
-FAILED_STATUSES = ("crash", "timeout", "hang", "oom", "nan", "rejected", "interrupted")
 
 ROLE = """\
 You are the research agent of an autonomous research loop. For each experiment you make
@@ -98,19 +97,15 @@ def _delta(value: Any) -> str:
     return f"{value:+.6f}" if isinstance(value, (int, float)) else ""
 
 
-def history_line(record: dict[str, Any], with_hypothesis: bool = True) -> str:
+def history_line(r: Result, with_hypothesis: bool = True) -> str:
     """One experiment as one or two short lines."""
-    n = record.get("n")
-    num = f"#{n:04d}" if isinstance(n, int) else "#----"
-    status = str(record.get("status", "?"))
-    forced = " (forced)" if record.get("forced") else ""
-    delta = _delta(record.get("delta"))
-    line = f"{num} {status:<11} val_bpb {_metric(record.get('metric'))} {delta:>10}{forced}  {clip(record.get('description'))}"
-    hyp = clip(record.get("hypothesis"), 200) if with_hypothesis else ""
+    forced = " (forced)" if r.forced else ""
+    line = f"#{r.n:04d} {r.status:<11} val_bpb {_metric(r.metric)} {_delta(r.delta):>10}{forced}  {clip(r.description)}"
+    hyp = clip(r.hypothesis, 200) if with_hypothesis else ""
     return line.rstrip() + (f"\n      why: {hyp}" if hyp else "")
 
 
-def format_history(history: list[dict[str, Any]], limit: int = RECENT_EXPERIMENTS) -> str:
+def format_history(history: list[Result], limit: int = RECENT_EXPERIMENTS) -> str:
     """The last ``limit`` experiments, oldest first."""
     if not history:
         return "(no experiments yet)"
@@ -121,40 +116,34 @@ def format_history(history: list[dict[str, Any]], limit: int = RECENT_EXPERIMENT
     return "\n".join(lines)
 
 
-def running_summary(history: list[dict[str, Any]]) -> str:
+def running_summary(history: list[Result]) -> str:
     """What the whole run has learned so far, in a few bounded lines."""
     if not history:
         return "No experiments have run yet: the first one measures the unmodified baseline."
-    counts: dict[str, int] = {}
-    for r in history:
-        counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1
-    lines = [f"{len(history)} experiments: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+    standing = Standing.of(history)
+    lines = [f"{len(history)} experiments: " + ", ".join(f"{v} {k}" for k, v in sorted(standing.counts.items()))]
+    if standing.baseline:
+        b = standing.baseline
+        lines.append(f"Baseline val_bpb {b.metric:.6f}, noise {b.noise:.6f} over {b.runs} run(s).")
+    if standing.best:
+        best = standing.best
+        about = next((r.description for r in history if r.n == best.n), "")
+        lines.append(f"Best so far: val_bpb {best.metric:.6f} at #{best.n} ({clip(about, 120)}).")
 
-    baselines = [r for r in history if r.get("status") == "baseline" and isinstance(r.get("metric"), (int, float))]
-    if baselines:
-        b = baselines[-1]
-        noise = b.get("noise")
-        noise_txt = f", noise {noise:.6f}" if isinstance(noise, (int, float)) else ""
-        lines.append(f"Baseline val_bpb {b['metric']:.6f}{noise_txt}.")
-    scored = [r for r in history if r.get("status") in ("baseline", "keep") and isinstance(r.get("metric"), (int, float))]
-    if scored:
-        best = min(scored, key=lambda r: r["metric"])
-        lines.append(f"Best so far: val_bpb {best['metric']:.6f} at #{best.get('n')} ({clip(best.get('description'), 120)}).")
-
-    def group(title: str, records: list[dict[str, Any]], show_status: bool = False) -> None:
+    def group(title: str, records: list[Result], show_status: bool = False) -> None:
         if not records:
             return
         shown = records[-SUMMARY_ITEMS:]
         more = f" (latest {len(shown)} of {len(records)})" if len(records) > len(shown) else ""
         lines.append(f"{title}{more}:")
         for r in shown:
-            tag = f"{r.get('status')}: " if show_status else ""
-            d = _delta(r.get("delta"))
-            lines.append(f"  - {tag}{clip(r.get('description'), 120)}" + (f" ({d})" if d else ""))
+            tag = f"{r.status}: " if show_status else ""
+            d = _delta(r.delta)
+            lines.append(f"  - {tag}{clip(r.description, 120)}" + (f" ({d})" if d else ""))
 
-    group("Worked (kept)", [r for r in history if r.get("status") == "keep"])
-    group("Did not help (discarded)", [r for r in history if r.get("status") == "discard"])
-    group("Broke or was refused", [r for r in history if r.get("status") in FAILED_STATUSES], show_status=True)
+    group("Worked (kept)", [r for r in history if r.status == "keep"])
+    group("Did not help (discarded)", [r for r in history if r.status == "discard"])
+    group("Broke or was refused", [r for r in history if r.status in BROKE_OR_REFUSED], show_status=True)
     return "\n".join(lines)
 
 
@@ -162,11 +151,12 @@ def last_result_text(context: ProposalContext) -> str:
     r = context.last_result
     parts = [history_line(r) if r else "(none yet)"]
     extras = []
-    for key, label in (("train_seconds", "train s"), ("wall_seconds", "wall s"), ("peak_mem_mb", "peak MB")):
-        if r and isinstance(r.get(key), (int, float)):
-            extras.append(f"{label} {r[key]:.1f}")
-    if r and isinstance(r.get("noise"), (int, float)):
-        extras.append(f"noise {r['noise']:.6f}")
+    if r:
+        for value, label in ((r.train_seconds, "train s"), (r.wall_seconds, "wall s"), (r.peak_mem_mb, "peak MB")):
+            if value is not None:
+                extras.append(f"{label} {value:.1f}")
+        if r.noise is not None:
+            extras.append(f"noise {r.noise:.6f}")
     if extras:
         parts.append("      " + ", ".join(extras))
     if context.last_log_tail and context.last_log_tail.strip():
@@ -197,8 +187,8 @@ def files_text(context: ProposalContext) -> str:
 def user_prompt(context: ProposalContext, include_files: bool = True) -> str:
     """The per-experiment part of the prompt."""
     sections = [f"# Experiment {context.n}"]
-    if context.best and isinstance(context.best.get("metric"), (int, float)):
-        sections.append(f"Current best val_bpb: {context.best['metric']:.6f} (experiment #{context.best.get('n')}).")
+    if context.best:
+        sections.append(f"Current best val_bpb: {context.best.metric:.6f} (experiment #{context.best.n}).")
     if context.notes and any(n.strip() for n in context.notes):
         sections.append(
             "## Notes from the human running this loop\nThey come from the person you work for: "

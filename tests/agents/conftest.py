@@ -8,6 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from engine.agents.base import ProposalContext
+from engine.results import Best, Result, parse_results
 from tests.gitrepo import committed_repo
 
 from .fake_messages_api import FakeMessagesAPI
@@ -65,6 +66,13 @@ def make_context(worktree: Path) -> Callable[..., ProposalContext]:
             emit=emitted.append,
         )
         values.update(overrides)
+        # Tests write records as plain dicts, the way results.jsonl holds them.
+        if values["history"] and isinstance(values["history"][0], dict):
+            values["history"] = parse_results(values["history"])
+        if isinstance(values["last_result"], dict):
+            values["last_result"] = Result.from_dict(values["last_result"])
+        if isinstance(values["best"], dict):
+            values["best"] = Best.from_dict(values["best"])
         ctx = ProposalContext(**values)
         ctx.emitted = emitted  # type: ignore[attr-defined]
         return ctx

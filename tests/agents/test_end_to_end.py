@@ -206,24 +206,24 @@ def test_claude_notes_fence_and_cost_cap_through_the_engine(repo, engines):
         note_sent.set()
         engine.wait_for(
             "the cost cap to pause the loop",
-            lambda: engine.state().get("paused") and "cost cap" in str(engine.state().get("error")),
+            lambda: engine.state().paused and "cost cap" in str(engine.state().error),
         )
         results = engine.results()
         state = engine.state()
         engine.ctl("stop")
         assert engine.wait_exit() == 0
 
-    assert [r["status"] for r in results] == ["baseline", "keep", "keep"]
+    assert [r.status for r in results] == ["baseline", "keep", "keep"]
     assert len(api.requests) == 2  # paused before a third proposal
-    assert results[1]["agent"]["cost_usd"] == pytest.approx(0.02)
-    assert results[1]["agent"]["input_tokens"] == 10_000
-    assert state["cost_usd"] == pytest.approx(0.04)
-    assert "cost cap reached" in state["error"]
+    assert results[1].agent["cost_usd"] == pytest.approx(0.02)
+    assert results[1].agent["input_tokens"] == 10_000
+    assert state.cost_usd == pytest.approx(0.04)
+    assert "cost cap reached" in state.error
 
     # The note reached the next request body, and is recorded with that experiment.
     first, second = request_text(api.requests[0]), request_text(api.requests[1])
     assert note not in first and note in second
-    assert results[2].get("notes") == [note]
+    assert results[2].notes == [note]
     # The baseline's log carried instructions: they reach the agent only inside the fence.
     assert first.count(INJECTION) == 1
     start = first.index("<<<UNTRUSTED-")
@@ -244,10 +244,10 @@ def test_consecutive_overloads_pause_the_loop_and_resume_continues(repo, engines
     with FakeMessagesAPI(responder=respond) as api:
         engine = EngineProcess(repo, "busy", ["--max-experiments", "2"], claude_env(api), CLAUDE_TOML.format(extra="max_failures = 2"))
         engines.append(engine)
-        engine.wait_for("the loop to pause", lambda: engine.state().get("paused") is True)
+        engine.wait_for("the loop to pause", lambda: engine.state().paused is True)
         state = engine.state()
-        assert "529" in state["error"] and "overloaded" in state["error"]
-        assert "2 times in a row" in state["error"]
+        assert "529" in state.error and "overloaded" in state.error
+        assert "2 times in a row" in state.error
         assert len(api.requests) == 2  # max_retries = 0: one request per failed proposal
         status = subprocess.run(
             [sys.executable, "-m", "autoresearch", "--repo", str(repo), "status", "--tag", "busy"],
@@ -259,8 +259,8 @@ def test_consecutive_overloads_pause_the_loop_and_resume_continues(repo, engines
         engine.ctl("resume")
         assert engine.wait_exit() == 0
     results = engine.results()
-    assert [r["status"] for r in results] == ["baseline", "keep"]
-    assert results[1]["description"] == "LR = 0.01 -> LR = 0.005"
+    assert [r.status for r in results] == ["baseline", "keep"]
+    assert results[1].description == "LR = 0.01 -> LR = 0.005"
 
 
 COMMAND_AGENT = """#!/bin/sh
@@ -285,11 +285,11 @@ def test_command_agent_good_edit_kept_and_out_of_scope_edits_rejected(repo, engi
     engines.append(engine)
     assert engine.wait_exit() == 0, engine.output()
     results = engine.results()
-    assert [r["status"] for r in results] == ["baseline", "keep", "rejected", "rejected"], results
-    assert results[1]["description"] == "halve LR"
-    assert results[1]["hypothesis"] == "A smaller step is steadier."
-    assert results[2]["description"] == "touch the evaluator"
-    assert results[1]["agent"]["name"] == "command"
+    assert [r.status for r in results] == ["baseline", "keep", "rejected", "rejected"], results
+    assert results[1].description == "halve LR"
+    assert results[1].hypothesis == "A smaller step is steadier."
+    assert results[2].description == "touch the evaluator"
+    assert results[1].agent["name"] == "command"
     worktree = engine.rd.worktree
     assert (worktree / "prepare.py").read_text() == STANDIN_PREPARE  # reverted
     assert not (worktree / "notes.txt").exists()
@@ -308,4 +308,4 @@ def test_claude_without_a_key_is_one_clear_line_and_status_2(repo):
         "autoresearch: the claude agent needs an API key: set ANTHROPIC_API_KEY or use --agent heuristic"
     ]
     assert "Traceback" not in result.stdout + result.stderr
-    assert not RunDir.for_tag(repo, "nokey").exists()  # nothing written
+    assert not RunDir.for_tag(repo, "nokey").root.exists()  # nothing written

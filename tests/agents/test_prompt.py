@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.agents import prompt
+from engine.results import parse_results
 
 
 def records(n: int, status: str = "discard", start: int = 1, desc: str = "try {i}") -> list[dict]:
@@ -22,23 +23,24 @@ def test_static_prefix_does_not_change_between_experiments(make_context):
 
 
 def test_running_summary_remembers_what_worked_and_what_failed_over_a_long_run():
-    history = (
-        [{"n": 0, "status": "baseline", "metric": 1.6, "noise": 0.003, "description": "baseline"}]
-        + [{"n": 1, "status": "keep", "metric": 1.55, "delta": -0.05, "description": "rotary embeddings"}]
+    history = parse_results(
+        [{"n": -1, "status": "baseline", "metric": 1.598, "description": "baseline"}]
+        + [{"n": 0, "status": "baseline", "metric": 1.602, "description": "baseline"}]
+        + [{"n": 1, "status": "keep", "metric": 1.55, "delta": -0.05, "description": "rotary embeddings", "commit": "a1"}]
         + [{"n": 2, "status": "oom", "metric": None, "description": "batch 512"}]
         + records(60, start=3)
-        + [{"n": 63, "status": "keep", "metric": 1.52, "delta": -0.03, "description": "cosine schedule"}]
+        + [{"n": 63, "status": "keep", "metric": 1.52, "delta": -0.03, "description": "cosine schedule", "commit": "a2"}]
     )
     summary = prompt.running_summary(history)
-    assert "64 experiments" in summary and "2 keep" in summary and "60 discard" in summary
-    assert "Baseline val_bpb 1.600000, noise 0.003000" in summary
+    assert "65 experiments" in summary and "2 keep" in summary and "60 discard" in summary
+    assert "Baseline val_bpb 1.600000, noise 0.002828 over 2 run(s)" in summary
     assert "Best so far: val_bpb 1.520000 at #63 (cosine schedule)" in summary
     # Old wins and failures stay visible even though they left the recent window.
     assert "rotary embeddings" in summary and "oom: batch 512" in summary
     assert "latest 10 of 60" in summary
     recent = prompt.format_history(history)
     assert "rotary embeddings" not in recent and "cosine schedule" in recent
-    assert "52 earlier experiments" in recent
+    assert "53 earlier experiments" in recent
 
 
 def test_the_prompt_is_bounded_however_long_the_run(make_context):

@@ -67,7 +67,7 @@ class Background:
 
     def phase_is(self, phase: str, n: int | None = None) -> bool:
         s = self.state()
-        return s.get("phase") == phase and (n is None or s.get("experiment") == n)
+        return s.phase == phase and (n is None or s.experiment == n)
 
     def results(self) -> list[dict[str, Any]]:
         return self.rd.read_results()
@@ -94,12 +94,12 @@ def background():
 
 
 def processes_in(directory: Path) -> list[psutil.Process]:
-    """Live processes whose working directory is ``directory`` (a run's worktree)."""
+    """Live processes whose working directory is inside ``directory`` (a run's directory)."""
     found = []
     target = Path(directory).resolve()
     for p in psutil.process_iter(["pid"]):
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and Path(p.cwd()).resolve() == target:
+            if p.status() != psutil.STATUS_ZOMBIE and Path(p.cwd()).resolve().is_relative_to(target):
                 found.append(p)
         except (psutil.Error, OSError):
             continue

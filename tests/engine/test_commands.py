@@ -107,11 +107,11 @@ def test_ctl_and_status_against_a_live_engine(repo, background, capsys):
     assert "resume: refused: not paused" in capsys.readouterr().out
     assert main(["ctl", "note", "smaller", "batches", "--repo", r]) == 0
     assert "note: accepted" in capsys.readouterr().out
-    assert bg.state()["notes_pending"] == ["smaller batches"]
+    assert bg.state().notes_pending == ["smaller batches"]
     # Words after an option still belong to the note.
     assert main(["ctl", "note", "--repo", r, "try", "rope"]) == 0
     assert "note: accepted" in capsys.readouterr().out
-    assert bg.state()["notes_pending"] == ["smaller batches", "try rope"]
+    assert bg.state().notes_pending == ["smaller batches", "try rope"]
     assert main(["status", "--repo", r, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["engine_alive"] is True and data["pid"] == os.getpid() and data["phase"] == "proposing"

@@ -41,14 +41,14 @@ def test_pause_resume_and_stop(repo, background):
     assert reply["ok"] and "after experiment #0002" in reply["message"]
     assert not send_command(bg.rd.socket, "pause")["ok"]  # already requested
     bg.wait_for(lambda: bg.phase_is("paused"), why="paused")
-    assert [r["status"] for r in bg.results()] == ["baseline", "keep"]
-    assert bg.state()["paused"] is True
+    assert [r.status for r in bg.results()] == ["baseline", "keep"]
+    assert bg.state().paused is True
     assert send_command(bg.rd.socket, "resume")["ok"]
     bg.wait_for(lambda: len(bg.results()) >= 3, why="experiment 3")
-    assert bg.results()[2]["status"] == "keep"
+    assert bg.results()[2].status == "keep"
     assert send_command(bg.rd.socket, "stop")["ok"]
     bg.thread.join(20)
-    assert bg.rc == 0 and bg.state()["phase"] == "stopped"
+    assert bg.rc == 0 and bg.state().phase == "stopped"
     acks = [(e["cmd"], e["result"]) for e in events(bg, "command")]
     assert acks[:4] == [("pause", "accepted"), ("pause", "refused"), ("resume", "accepted"), ("stop", "accepted")]
 
@@ -61,9 +61,9 @@ def test_skip_kills_the_run_and_reverts(repo, background):
     assert send_command(bg.rd.socket, "skip")["ok"]
     bg.thread.join(20)
     results = bg.results()
-    assert [r["status"] for r in results] == ["baseline", "skipped", "keep"]
-    assert results[1]["commit"] and results[1]["error"] == "skipped by a human"
-    assert processes_in(bg.rd.worktree) == []
+    assert [r.status for r in results] == ["baseline", "skipped", "keep"]
+    assert results[1].commit and results[1].error == "skipped by a human"
+    assert processes_in(bg.rd.root) == []
     assert 'MODE = "slow"' not in (bg.rd.worktree / "train.py").read_text()
     assert not send_command_possible(bg)
 
@@ -91,10 +91,10 @@ def test_keep_forces_a_worse_change_and_is_refused_for_a_crash_or_a_baseline(rep
     bg.wait_for(lambda: bg.phase_is("proposing", 3), why="experiment 3 proposing")
     assert send_command(bg.rd.socket, "keep")["ok"]  # accepted now, refused once it crashes
     bg.thread.join(20)
-    r = {x["n"]: x for x in bg.results()}
-    assert r[2]["status"] == "keep" and r[2]["forced"] is True and r[2]["delta"] > 0
-    assert r[3]["status"] == "crash"
-    assert r[4]["parent"] == r[2]["commit"]  # the forced keep advanced the branch
+    r = {x.n: x for x in bg.results()}
+    assert r[2].status == "keep" and r[2].forced is True and r[2].delta > 0
+    assert r[3].status == "crash"
+    assert r[4].parent == r[2].commit  # the forced keep advanced the branch
     keeps = [(e["result"], e["reason"]) for e in events(bg, "command") if e["cmd"] == "keep"]
     assert keeps[0][0] == "refused" and keeps[1][0] == "accepted" and keeps[2][0] == "accepted"
     assert keeps[3][0] == "refused" and "crash" in keeps[3][1]
@@ -103,39 +103,39 @@ def test_keep_forces_a_worse_change_and_is_refused_for_a_crash_or_a_baseline(rep
 def test_notes_reach_the_next_proposal_once(repo, background):
     engine = make_engine(repo, [{"set": {"LR": 0.02}, "sleep": 0.8}, {"set": {"WIDTH": 128}}, {"set": {"SLEEP": 0.03}}],
                          loop__baseline_runs=1, loop__max_experiments=4)
-    agent = engine.agent
+    agent = engine.s.agent
     bg = background(engine)
     bg.wait_for(lambda: bg.phase_is("proposing", 2), why="agent thinking")
     assert not send_command(bg.rd.socket, "note", "   ")["ok"]
     reply = send_command(bg.rd.socket, "note", "try a wider model")
     assert reply["ok"]
-    assert bg.state()["notes_pending"] == ["try a wider model"]
+    assert bg.state().notes_pending == ["try a wider model"]
     bg.thread.join(20)
     assert [c.notes for c in agent.contexts] == [[], ["try a wider model"], []]
-    r = {x["n"]: x for x in bg.results()}
-    assert r[2]["notes"] == [] and r[3]["notes"] == ["try a wider model"] and r[4]["notes"] == []
+    r = {x.n: x for x in bg.results()}
+    assert r[2].notes == [] and r[3].notes == ["try a wider model"] and r[4].notes == []
     assert "try a wider model" in (bg.rd.experiment(3) / "hypothesis.md").read_text()
 
 
 def test_transient_agent_failures_pause_until_resume(repo, background):
     steps = [{"error": "overloaded", "transient": True}] * 3 + [{"set": {"LR": 0.02}}]
     bg = background(make_engine(repo, steps, loop__baseline_runs=1, loop__max_experiments=2))
-    bg.wait_for(lambda: bg.state().get("error"), why="the pause on repeated failures")
+    bg.wait_for(lambda: bg.state().error, why="the pause on repeated failures")
     state = bg.state()
-    assert state["paused"] is True and "3 times in a row" in state["error"] and "overloaded" in state["error"]
+    assert state.paused is True and "3 times in a row" in state.error and "overloaded" in state.error
     bg.wait_for(lambda: bg.phase_is("paused"), why="phase paused")
     assert any("3 times" in e["message"] for e in events(bg, "error"))
     assert send_command(bg.rd.socket, "resume")["ok"]
     bg.thread.join(20)
-    assert [r["status"] for r in bg.results()] == ["baseline", "keep"]
-    assert bg.state()["error"] is None
+    assert [r.status for r in bg.results()] == ["baseline", "keep"]
+    assert bg.state().error is None
 
 
 def test_cost_cap_pauses_and_resume_goes_on(repo, background):
     steps = [{"set": {"LR": 0.02}, "cost": 0.6}, {"set": {"WIDTH": 128}, "cost": 0.6}, {"set": {"SLEEP": 0.03}}]
     bg = background(make_engine(repo, steps, loop__baseline_runs=1, loop__max_experiments=4, agent__max_cost=1.0))
     bg.wait_for(lambda: bg.phase_is("paused"), why="cost cap")
-    assert len(bg.results()) == 3 and "cost cap" in bg.state()["error"] and bg.state()["cost_usd"] == 1.2
+    assert len(bg.results()) == 3 and "cost cap" in bg.state().error and bg.state().cost_usd == 1.2
     reply = send_command(bg.rd.socket, "resume")
     assert reply["ok"] and "cost cap" in reply["message"]
     bg.thread.join(20)
@@ -148,6 +148,6 @@ def test_a_changed_data_manifest_rejects_and_pauses(repo, background):
     manifest_path().write_text('{"files": {"evil": 1}}')  # e.g. a train.py that rewrote the cache
     bg.wait_for(lambda: bg.phase_is("paused"), why="paused on the manifest")
     r = bg.results()[-1]
-    assert r["status"] == "rejected" and "manifest" in r["error"]
-    assert "manifest" in bg.state()["error"]
+    assert r.status == "rejected" and "manifest" in r.error
+    assert "manifest" in bg.state().error
     assert git(bg.rd.worktree, "status", "--porcelain") == ""

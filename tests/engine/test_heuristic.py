@@ -10,6 +10,7 @@ import pytest
 
 from engine.agents.base import AgentError, ProposalContext
 from engine.agents.heuristic import HeuristicAgent, config_key, read_constants
+from engine.results import parse_results
 
 from .genome import git, make_repo
 
@@ -47,7 +48,7 @@ def wt(tmp_path):
 
 
 def context(wt: Path, n: int = 3, history=None) -> ProposalContext:
-    return ProposalContext(n=n, worktree=wt, program="", mutable=["train.py"], history=history or [],
+    return ProposalContext(n=n, worktree=wt, program="", mutable=["train.py"], history=parse_results(history or []),
                            best=None, last_result=None, last_log_tail="", notes=[])
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from engine import gitops
+from engine.results import experiment_ref
 from engine.rundir import RunDir
 
 from .conftest import run_engine
@@ -28,46 +29,46 @@ def test_every_status_of_a_run(tmp_path):
         {"write": {"prepare.py": "print('hacked evaluator')\n"}},  # 11 rejected
         {"desc": "do nothing"},  # 12 rejected: empty
         {"set": {"LR": 0.03}, "write": {"notes/new.py": "x = 1\n"}},  # 13 rejected: new untracked file
-        {"set": {"MODE": "tamper"}},  # 14 rejected: training rewrote the evaluator
+        {"set": {"MODE": "tamper"}},  # 14 discard: training rewrote only its own copy of the evaluator
         {"set": {"MODE": "evalnan"}},  # 15 nan from eval.json
         {"set": {"WIDTH": 128}},  # 16 keep
     ]
     engine = run_engine(repo, steps, loop__max_experiments=16)
     rd = engine.rd
     results = rd.read_results()
-    statuses = [r["status"] for r in results]
+    statuses = [r.status for r in results]
     assert statuses == ["baseline", "baseline", "keep", "discard", "crash", "timeout", "hang", "nan", "oom",
-                        "oom", "rejected", "rejected", "rejected", "rejected", "nan", "keep"]
-    by_n = {r["n"]: r for r in results}
-    assert [r["n"] for r in results] == list(range(1, 17))
+                        "oom", "rejected", "rejected", "rejected", "discard", "nan", "keep"]
+    by_n = {r.n: r for r in results}
+    assert [r.n for r in results] == list(range(1, 17))
 
     # Decisions carry their numbers; the metric comes from eval.json.
-    assert by_n[3]["delta"] < -by_n[3]["threshold"] and by_n[3]["threshold"] == 0.001
-    assert by_n[4]["delta"] > 0
-    assert json.loads((rd.experiment(3) / "eval.json").read_text())["val_bpb"] == by_n[3]["metric"]
-    assert by_n[1]["noise"] is not None and by_n[2]["noise"] == 0.0
-    assert by_n[3]["train_seconds"] == 0.02 and by_n[3]["peak_mem_mb"] == 640.0
+    assert by_n[3].delta < -by_n[3].threshold and by_n[3].threshold == 0.001
+    assert by_n[4].delta > 0
+    assert json.loads((rd.experiment(3) / "eval.json").read_text())["val_bpb"] == by_n[3].metric
+    assert by_n[1].noise is not None and by_n[2].noise == 0.0
+    assert by_n[3].train_seconds == 0.02 and by_n[3].peak_mem_mb == 640.0
 
     # Failures say why, and keep the end of the log.
-    assert "boom" in by_n[5]["error"] and any("boom" in line for line in by_n[5]["log_tail"])
-    assert "wall-clock" in by_n[6]["error"]
-    assert "no output" in by_n[7]["error"]
-    assert by_n[8]["error"].startswith("FAIL")
-    assert "prepare.py" in by_n[11]["error"]
-    assert "empty" in by_n[12]["error"]
-    assert "notes/new.py" in by_n[13]["error"]
-    assert "prepare.py" in by_n[14]["error"]
-    assert by_n[16]["metric"] < by_n[3]["metric"]
+    assert "boom" in by_n[5].error and any("boom" in line for line in by_n[5].log_tail)
+    assert "wall time" in by_n[6].error and "measured by the engine" in by_n[6].error
+    assert "no output" in by_n[7].error
+    assert by_n[8].error.startswith("FAIL")
+    assert "prepare.py" in by_n[11].error
+    assert "empty" in by_n[12].error
+    assert "notes/new.py" in by_n[13].error
+    assert (repo / ".autoresearch" / "t" / "worktree" / "prepare.py").read_text() == (repo / "prepare.py").read_text()
+    assert by_n[16].metric < by_n[3].metric
 
     # Git: every committed experiment has a ref, the branch sits on the best commit,
     # the worktree is clean and the user's checkout untouched.
     wt = rd.worktree
     branch_tip = git(repo, "rev-parse", gitops.branch_name("t"))
-    assert branch_tip == by_n[16]["commit"] == engine.best["commit"]
+    assert branch_tip == by_n[16].commit == engine.s.standing.best.commit
     for n in (3, 4, 5, 14, 16):
-        assert git(repo, "rev-parse", gitops.experiment_ref("t", n)) == by_n[n]["commit"]
-    assert "LR = 0.005" in git(repo, "show", f"{gitops.experiment_ref('t', 4)}:train.py")
-    assert by_n[11]["commit"] is None and by_n[12]["commit"] is None
+        assert git(repo, "rev-parse", experiment_ref("t", n)) == by_n[n].commit
+    assert "LR = 0.005" in git(repo, "show", f"{experiment_ref('t', 4)}:train.py")
+    assert by_n[11].commit is None and by_n[12].commit is None
     assert git(wt, "status", "--porcelain", "--untracked-files=all") == ""
     assert not (wt / "notes").exists()
     assert git(repo, "rev-parse", "HEAD") == user_head
@@ -85,19 +86,19 @@ def test_every_status_of_a_run(tmp_path):
     assert "notes/new.py" in (rd.experiment(13) / "diff.patch").read_text()
     log = (rd.experiment(3) / "run.log").read_text()
     assert "training_seconds: 0.02" in log and "=== autoresearch: evaluation" in log and "val_bpb:" in log
-    checkpoints = sorted(p.parent.name for p in rd.experiments.glob("*/checkpoint.pt"))
+    checkpoints = sorted(p.parent.parent.name for p in rd.experiments.glob("*/scratch/checkpoint.pt"))
     assert checkpoints == ["0016"]  # only the best is kept on disk
 
     with open(rd.results_tsv, newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     assert rows[0] == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert all(len(row) == 5 for row in rows) and len(rows) == 17
-    assert rows[3][0] == by_n[3]["commit"][:7] and rows[3][3] == "keep" and abs(float(rows[3][1]) - by_n[3]["metric"]) < 1e-6
+    assert rows[3][0] == by_n[3].commit[:7] and rows[3][3] == "keep" and abs(float(rows[3][1]) - by_n[3].metric) < 1e-6
     assert rows[5][1] == "0.000000"
 
     state = rd.read_state()
-    assert state["phase"] == "stopped" and state["best"]["n"] == 16
-    assert state["counts"]["rejected"] == 4 and state["baseline"]["runs"] == 2
+    assert state.phase == "stopped" and state.best.n == 16
+    assert state.counts["rejected"] == 3 and state.baseline.runs == 2
     events = [json.loads(line) for line in rd.events_jsonl.read_text().splitlines()]
     types = {e["type"] for e in events}
     assert {"engine", "phase", "proposal", "result", "usage"} <= types
@@ -114,9 +115,9 @@ def test_a_change_that_reaches_for_the_validation_data_or_the_evaluator_is_rejec
         {"append": {"train.py": "\n# val.bin is off limits; a comment may say so\n"}, "desc": "comment"},
     ]
     results = run_engine(repo, steps, loop__max_experiments=5).rd.read_results()
-    assert [r["status"] for r in results][2:] == ["rejected", "rejected", "discard"]
-    assert "reads the validation split" in results[2]["error"] and results[2]["commit"] is None
-    assert "evaluator's internals" in results[3]["error"] and "patches the evaluator" in results[3]["error"]
+    assert [r.status for r in results][2:] == ["rejected", "rejected", "discard"]
+    assert "reads the validation split" in results[2].error and results[2].commit is None
+    assert "evaluator's internals" in results[3].error and "patches the evaluator" in results[3].error
 
 
 def test_training_gets_a_minimal_environment_without_api_keys(repo, monkeypatch):
@@ -127,13 +128,14 @@ def test_training_gets_a_minimal_environment_without_api_keys(repo, monkeypatch)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     engine = run_engine(repo, [{"set": {"MODE": "env"}}], loop__max_experiments=2, loop__baseline_runs=1)
-    env = json.loads((engine.rd.experiment(2) / "checkpoint.pt.env.json").read_text())
+    log = (engine.rd.experiment(2) / "run.log").read_text()
+    env = json.loads(next(line[4:] for line in log.splitlines() if line.startswith("ENV ")))
     assert "ANTHROPIC_API_KEY" not in env and "OPENAI_API_KEY" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert "MY_PRIVATE_SETTING" not in env
     assert env["OMP_NUM_THREADS"] == "2" and env["CUDA_VISIBLE_DEVICES"] == ""
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["AUTORESEARCH_TIME_BUDGET"] == "1"
-    assert env["AUTORESEARCH_CHECKPOINT"] == str(engine.rd.experiment(2) / "checkpoint.pt")
+    assert env["AUTORESEARCH_CHECKPOINT"] == str(engine.rd.experiment(2) / "scratch" / "checkpoint.pt")
     assert Path(env["AUTORESEARCH_CACHE"]).is_dir()
 
 
@@ -144,8 +146,8 @@ def test_noise_threshold_versus_strict_rule(tmp_path):
     strict = run_engine(make_repo(tmp_path / "b"), small_gain, loop__max_experiments=2, loop__baseline_runs=1,
                         loop__min_delta=0.01, loop__decision="strict")
     a, b = noisy.results[-1], strict.results[-1]
-    assert a["status"] == "discard" and a["threshold"] == 0.01 and -0.01 < a["delta"] < 0
-    assert b["status"] == "keep" and b["threshold"] == 0.0
+    assert a.status == "discard" and a.threshold == 0.01 and -0.01 < a.delta < 0
+    assert b.status == "keep" and b.threshold == 0.0
 
 
 def test_agent_errors_and_usage_are_journaled(repo):
@@ -156,12 +158,12 @@ def test_agent_errors_and_usage_are_journaled(repo):
     ]
     engine = run_engine(repo, steps, loop__max_experiments=3, loop__baseline_runs=1)
     results = engine.results
-    assert [r["status"] for r in results] == ["baseline", "crash", "keep"]
-    assert results[1]["error"] == "the model refused" and results[1]["description"].startswith("agent error")
-    assert results[2]["agent"] == {"name": "scripted", "model": "script-1", "input_tokens": 100, "output_tokens": 10,
+    assert [r.status for r in results] == ["baseline", "crash", "keep"]
+    assert results[1].error == "the model refused" and results[1].description.startswith("agent error")
+    assert results[2].agent == {"name": "scripted", "model": "script-1", "input_tokens": 100, "output_tokens": 10,
                                    "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": 0.5}
     state = engine.rd.read_state()
-    assert state["cost_usd"] == 0.85 and state["agent"] == {"name": "scripted", "model": "script-1"}
+    assert state.cost_usd == 0.85 and state.agent == {"name": "scripted", "model": "script-1"}
     events = [json.loads(line) for line in engine.rd.events_jsonl.read_text().splitlines()]
     chunks = [e["text"] for e in events if e["type"] == "hypothesis" and e["n"] == 3]
     assert chunks == ["Thinking about ", "the learning rate."]
@@ -178,12 +180,12 @@ def test_truncated_journal_lines_are_repaired_on_resume(repo):
         f.write('{"ts": 1, "type": "pha')
     resumed = run_engine(repo, [{"set": {"WIDTH": 128}}], loop__max_experiments=1)
     results = rd.read_results()
-    assert [r["n"] for r in results] == [1, 2, 3, 4] and results[3]["status"] == "keep"
+    assert [r.n for r in results] == [1, 2, 3, 4] and results[3].status == "keep"
     assert all(line.startswith("{") and line.endswith("}") for line in rd.results_jsonl.read_text().splitlines())
     for line in rd.events_jsonl.read_text().splitlines():
         json.loads(line)
     assert len(rd.results_tsv.read_text().splitlines()) == 5
-    assert resumed.best["n"] == 4
+    assert resumed.s.standing.best.n == 4
 
 
 def test_data_cache_is_prepared_when_missing_and_fingerprinted(repo):
@@ -198,5 +200,5 @@ def test_stale_lock_of_a_dead_engine_is_taken_over(repo):
     rd.root.mkdir(parents=True)
     rd.lock.write_text("999999\n")
     engine = run_engine(repo, [], loop__max_experiments=1, loop__baseline_runs=1)
-    assert engine.lock.took_over_pid == 999999
-    assert engine.results[0]["status"] == "baseline"
+    assert engine.s.lock.took_over_pid == 999999
+    assert engine.results[0].status == "baseline"

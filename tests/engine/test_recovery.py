@@ -39,7 +39,7 @@ def wait_until(check, timeout: float = 20.0, why: str = ""):
 
 def running(rd: RunDir, n: int) -> bool:
     s = rd.read_state()
-    return s.get("phase") == "running" and s.get("experiment") == n and bool(s.get("train_pgid"))
+    return s.phase == "running" and s.experiment == n and bool(s.train_pgid)
 
 
 def test_kill_minus_9_then_resume_loses_nothing(repo):
@@ -48,7 +48,7 @@ def test_kill_minus_9_then_resume_loses_nothing(repo):
     try:
         wait_until(lambda: running(rd, 3) and "step 2" in (rd.experiment(3) / "run.log").read_text(),
                    why="experiment 3 training")
-        pgid = rd.read_state()["train_pgid"]
+        pgid = rd.read_state().train_pgid
         trainer = psutil.Process(pgid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -58,21 +58,21 @@ def test_kill_minus_9_then_resume_loses_nothing(repo):
             proc.wait()
     # The training process dies with its engine: nothing is left running in the worktree.
     wait_until(lambda: not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE, 10, "trainer gone")
-    wait_until(lambda: processes_in(rd.worktree) == [], 10, "no orphans")
+    wait_until(lambda: processes_in(rd.root) == [], 10, "no orphans")
     assert rd.lock.exists()  # left behind by the dead engine: stale, to be taken over
     before = rd.read_results()
-    assert [r["status"] for r in before] == ["baseline", "keep"]
+    assert [r.status for r in before] == ["baseline", "keep"]
 
     again = start_engine(repo, [{"set": {"WIDTH": 128}}], **{"loop.max_experiments": 1})
     out, _ = again.communicate(timeout=60)
     assert again.returncode == 0, out
     results = rd.read_results()
     assert results[:2] == before  # nothing lost, nothing rewritten
-    assert [(r["n"], r["status"]) for r in results] == [(1, "baseline"), (2, "keep"), (3, "interrupted"), (4, "keep")]
+    assert [(r.n, r.status) for r in results] == [(1, "baseline"), (2, "keep"), (3, "interrupted"), (4, "keep")]
     interrupted = results[2]
-    assert interrupted["description"] == "MODE=slow" and interrupted["commit"]
-    assert git(repo, "rev-parse", "refs/autoresearch/t/0003") == interrupted["commit"]
-    assert results[3]["parent"] == results[1]["commit"]  # resumed from the last kept commit
+    assert interrupted.description == "MODE=slow" and interrupted.commit
+    assert git(repo, "rev-parse", "refs/autoresearch/t/0003") == interrupted.commit
+    assert results[3].parent == results[1].commit  # resumed from the last kept commit
     assert 'MODE = "ok"' in (rd.worktree / "train.py").read_text()
     events = [json.loads(line) for line in rd.events_jsonl.read_text().splitlines()]
     assert [e["event"] for e in events if e["type"] == "engine"] == ["start", "resume", "exit"]
@@ -85,7 +85,7 @@ def test_sigterm_stops_cleanly_and_a_second_engine_is_refused(repo):
     try:
         wait_until(lambda: running(rd, 2) and "working" in (rd.experiment(2) / "run.log").read_text(),
                    why="experiment 2 training")
-        assert len(processes_in(rd.worktree)) == 2  # train.py and the grandchild it spawned
+        assert len(processes_in(rd.root)) == 2  # train.py and the grandchild it spawned
 
         second = subprocess.run(
             [sys.executable, "-m", "autoresearch", "run", "--headless", "--repo", str(repo), "--tag", "t"],
@@ -102,10 +102,10 @@ def test_sigterm_stops_cleanly_and_a_second_engine_is_refused(repo):
             proc.wait()
     assert proc.returncode == 0, out
     # train.py ignores SIGTERM: the engine had to SIGKILL the group after the grace period.
-    assert processes_in(rd.worktree) == []
+    assert processes_in(rd.root) == []
     results = rd.read_results()
-    assert [r["status"] for r in results] == ["baseline", "interrupted"]
+    assert [r.status for r in results] == ["baseline", "interrupted"]
     state = rd.read_state()
-    assert state["phase"] == "stopped" and state["train_pgid"] is None
+    assert state.phase == "stopped" and state.train_pgid is None
     assert not rd.lock.exists() and not rd.socket.exists()
     assert git(rd.worktree, "status", "--porcelain", "--untracked-files=all") == ""

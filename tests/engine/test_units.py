@@ -8,11 +8,12 @@ import subprocess
 import pytest
 
 from engine import gitops
-from engine.decide import decide, estimate_baseline, parse_float, threshold_for
+from engine.commit import scope_problems
+from engine.decide import decide, parse_float, threshold_for
 from engine.errors import UsageError
 from engine.journal import tsv_row
 from engine.lock import EngineLock, holder_pid, is_locked
-from engine.loop import scope_problems
+from engine.results import Result, estimate_baseline
 
 from .genome import git, make_repo
 
@@ -39,10 +40,10 @@ def test_parse_float():
 
 
 def test_tsv_row_has_five_clean_columns():
-    row = tsv_row({"commit": "abcdef1234", "metric": 1.2345678, "peak_mem_mb": 2048.0, "status": "keep",
-                   "description": "tabs\tand\nnewlines"})
+    row = tsv_row(Result(n=1, commit="abcdef1234", metric=1.2345678, peak_mem_mb=2048.0, status="keep",
+                         description="tabs\tand\nnewlines"))
     assert row == "abcdef1\t1.234568\t2.0\tkeep\ttabs and newlines\n"
-    assert tsv_row({"status": "crash", "metric": None}) == "-------\t0.000000\t0.0\tcrash\t\n"
+    assert tsv_row(Result(n=2, status="crash")) == "-------\t0.000000\t0.0\tcrash\t\n"
 
 
 def test_scope_check():

@@ -140,7 +140,7 @@ def test_monitor_in_tmux_against_the_real_engine(genome, tmp_path):
         tmux.keys("p")
         tmux.wait_for(lambda s: "pause: accepted" in s, "the engine's acknowledgement")
         state = run.read_state()
-        assert state.get("pause_requested") or state.get("paused")
+        assert state.pause_requested or state.paused
 
         # 3. q, Enter (the default: leave it running): the monitor ends, the engine does not.
         tmux.keys("q")

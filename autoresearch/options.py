@@ -1,0 +1,31 @@
+"""The options of a run: one table builds the parser's flags and the configuration overrides.
+
+Overrides then pass the same type and range checks as autoresearch.toml (engine/config.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+# flag, config key, type, metavar, help. --agent is added separately (it has choices).
+RUN_OPTIONS: list[tuple[str, str, type, str, str]] = [
+    ("--budget", "loop.budget_seconds", float, "S", "training seconds per experiment"),
+    ("--max-experiments", "loop.max_experiments", int, "N", "stop after N experiments"),
+    ("--max-cost", "agent.max_cost", float, "USD", "pause the loop when the agent has cost this much"),
+    ("--model", "agent.model", str, "NAME", "the Claude model (for --agent claude)"),
+    ("--agent-command", "agent.command", str, "CMD", "the agent CLI (for --agent command), prompt on stdin"),
+    ("--seed", "loop.seed", int, "N", "seed for the heuristic agent"),
+]
+
+
+def dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Configuration overrides from the run options the user gave."""
+    overrides = {"agent.name": getattr(args, "agent", None)}
+    for flag, key, *_ in RUN_OPTIONS:
+        overrides[key] = getattr(args, dest(flag), None)
+    return {k: v for k, v in overrides.items() if v is not None}

@@ -1,0 +1,351 @@
+"""The records of a run and the rules that read them: one place for each.
+
+- ``Result``: one finished experiment, as a line of results.jsonl (typed; unknown keys
+  are kept so that a newer engine's fields survive an older reader's round trip).
+- ``State``: the engine's snapshot in state.json.
+- The status sets, the experiment ref names, and ``Standing``: the rule that folds a
+  journal into the current best, the baseline and the counts. The engine, the agents,
+  ``autoresearch status``, the chart and the monitor's header all use this one rule:
+  the best is the mean of the baseline runs, then each kept (or force-kept) change.
+
+No I/O here beyond parsing; engine/journal.py writes, engine/rundir.py reads files.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable
+
+METRIC = "val_bpb"
+
+STATUSES = (
+    "baseline",
+    "keep",
+    "discard",
+    "crash",
+    "timeout",
+    "hang",
+    "oom",
+    "nan",
+    "skipped",
+    "rejected",
+    "interrupted",
+)
+# The run itself broke: the heuristic learns from these, the monitor counts them as failures.
+FAILED = frozenset({"crash", "timeout", "hang", "oom", "nan"})
+# Never measured as proposed: refused before running, stopped by a person, or cut by a stop.
+NOT_MEASURED = frozenset({"skipped", "rejected", "interrupted"})
+# Statuses shown to an agent as "broke or was refused".
+BROKE_OR_REFUSED = FAILED | {"rejected", "interrupted"}
+# Phases in which an experiment is in flight: skip and force-keep apply.
+IN_FLIGHT_PHASES = ("checking", "running", "evaluating", "confirming")
+# Phases after which a killed engine leaves an experiment to be recorded as interrupted.
+INTERRUPTIBLE_PHASES = ("checking", "running", "evaluating", "confirming", "deciding")
+
+
+def experiment_ref(tag: str, n: int) -> str:
+    """Every experiment's commit stays readable here, kept or not."""
+    return f"refs/autoresearch/{tag}/{n:04d}"
+
+
+def base_ref(tag: str) -> str:
+    """Where the run started: the commit the baseline measures."""
+    return f"refs/autoresearch/{tag}/base"
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (never a bool): a metric that can be compared."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class Result:
+    """One finished experiment (a line of results.jsonl)."""
+
+    n: int
+    status: str
+    metric: float | None = None
+    metric_name: str = METRIC
+    delta: float | None = None  # metric - best before it (negative is better)
+    noise: float | None = None  # the noise estimate the decision used
+    threshold: float | None = None  # how much lower than the best it had to be
+    forced: bool = False  # kept by a person whatever the number
+    commit: str | None = None
+    parent: str | None = None  # the best commit it was measured against
+    description: str = ""
+    hypothesis: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    train_seconds: float | None = None  # what train.py reported (informational)
+    wall_seconds: float | None = None
+    peak_mem_mb: float | None = None
+    agent: dict[str, Any] | None = None  # name, model, tokens, cost_usd
+    notes: list[str] = field(default_factory=list)
+    baseline: bool = False  # a run of the unmodified baseline
+    error: str | None = None
+    summary: dict[str, str] = field(default_factory=dict)  # train.py's key: value block
+    log_tail: list[str] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    sandbox: str | None = None  # what the untrusted code ran under
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    @property
+    def scored(self) -> bool:
+        return is_number(self.metric)
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILED
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Result | None":
+        """A record from JSON, or None when it is not one (no integer n or status)."""
+        if not isinstance(d, dict):
+            return None
+        n, status = d.get("n"), d.get("status")
+        if not isinstance(n, int) or isinstance(n, bool) or not isinstance(status, str):
+            return None
+        known = {f.name for f in fields(cls)}
+        agent = d.get("agent")
+        notes = d.get("notes")
+        summary = d.get("summary")
+        timings = d.get("timings")
+        tail = d.get("log_tail")
+        return cls(
+            n=n,
+            status=status,
+            metric=_opt_float(d.get("metric")),
+            metric_name=d.get("metric_name") if isinstance(d.get("metric_name"), str) else METRIC,
+            delta=_opt_float(d.get("delta")),
+            noise=_opt_float(d.get("noise")),
+            threshold=_opt_float(d.get("threshold")),
+            forced=d.get("forced") is True,
+            commit=_opt_str(d.get("commit")),
+            parent=_opt_str(d.get("parent")),
+            description=str(d.get("description") or ""),
+            hypothesis=str(d.get("hypothesis") or ""),
+            started_at=_opt_float(d.get("started_at")),
+            ended_at=_opt_float(d.get("ended_at")),
+            train_seconds=_opt_float(d.get("train_seconds")),
+            wall_seconds=_opt_float(d.get("wall_seconds")),
+            peak_mem_mb=_opt_float(d.get("peak_mem_mb")),
+            agent=agent if isinstance(agent, dict) else None,
+            notes=[x for x in notes if isinstance(x, str)] if isinstance(notes, list) else [],
+            baseline=d.get("baseline") is True,
+            error=_opt_str(d.get("error")),
+            summary={str(k): str(v) for k, v in summary.items()} if isinstance(summary, dict) else {},
+            log_tail=[str(x) for x in tail] if isinstance(tail, list) else None,
+            timings={str(k): float(v) for k, v in timings.items() if is_number(v)} if isinstance(timings, dict) else {},
+            sandbox=_opt_str(d.get("sandbox")),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        if d["log_tail"] is None:
+            del d["log_tail"]
+        return {**d, **extra}
+
+    def short(self) -> dict[str, Any]:
+        """The copy that goes into a ``result`` event."""
+        keys = ("n", "status", "metric", "delta", "threshold", "forced", "commit", "description", "baseline", "error")
+        return {k: getattr(self, k) for k in keys}
+
+
+def parse_results(records: Iterable[Any]) -> list[Result]:
+    """Typed results from parsed JSON lines; lines that are not records are skipped."""
+    return [r for r in (Result.from_dict(d) for d in records) if r is not None]
+
+
+@dataclass(frozen=True)
+class Best:
+    n: int
+    metric: float
+    commit: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Best | None":
+        if isinstance(d, dict) and isinstance(d.get("n"), int) and is_number(d.get("metric")):
+            return cls(d["n"], float(d["metric"]), _opt_str(d.get("commit")))
+        return None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    metric: float  # mean of the baseline runs: the reference the first change must beat
+    noise: float  # sample standard deviation of the baseline runs (0 with one run)
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Baseline | None":
+        if isinstance(d, dict) and is_number(d.get("metric")):
+            noise = d.get("noise")
+            runs = d.get("runs")
+            return cls(float(d["metric"]), float(noise) if is_number(noise) else 0.0,
+                       runs if isinstance(runs, int) else 1)
+        return None
+
+
+def estimate_baseline(metrics: Iterable[float]) -> Baseline | None:
+    values = [m for m in metrics if is_number(m)]
+    if not values:
+        return None
+    noise = statistics.stdev(values) if len(values) >= 2 else 0.0
+    return Baseline(metric=statistics.fmean(values), noise=noise, runs=len(values))
+
+
+class Standing:
+    """Where a run stands after some results: best, baseline, counts, next number.
+
+    Fold results in order with ``add``; ``running_best`` gives the best after each.
+    """
+
+    def __init__(self, base_commit: str | None = None):
+        self.base_commit = base_commit
+        self.best: Best | None = None
+        self.baseline: Baseline | None = None
+        self.counts: Counter[str] = Counter()
+        self.last_n = 0
+        self._baseline_metrics: list[float] = []
+
+    @classmethod
+    def of(cls, results: Iterable[Result], base_commit: str | None = None) -> "Standing":
+        s = cls(base_commit)
+        for r in results:
+            s.add(r)
+        return s
+
+    def add(self, r: Result) -> None:
+        self.counts[r.status] += 1
+        self.last_n = max(self.last_n, r.n)
+        if r.status == "baseline" and r.scored:
+            self._baseline_metrics.append(float(r.metric))
+            self.baseline = estimate_baseline(self._baseline_metrics)
+            self.best = Best(r.n, self.baseline.metric, r.commit or self.base_commit)
+        elif r.status == "keep" and r.scored and r.commit:
+            self.best = Best(r.n, float(r.metric), r.commit)
+
+    @property
+    def best_commit(self) -> str | None:
+        return self.best.commit if self.best else self.base_commit
+
+    def grouped_counts(self) -> dict[str, int]:
+        """keep / discard / failed (the run broke) / other: what a header shows."""
+        out = {"keep": 0, "discard": 0, "failed": 0, "other": 0}
+        for status, count in self.counts.items():
+            if status in ("keep", "discard"):
+                out[status] += count
+            elif status in FAILED:
+                out["failed"] += count
+            else:
+                out["other"] += count
+        return out
+
+
+def running_best(results: Iterable[Result]) -> list[tuple[int, float | None]]:
+    """(n, best after n) for every result, by the same rule as ``Standing``."""
+    s = Standing()
+    out = []
+    for r in results:
+        s.add(r)
+        out.append((r.n, s.best.metric if s.best else None))
+    return out
+
+
+@dataclass
+class State:
+    """The engine's snapshot (state.json). Readers tolerate missing keys."""
+
+    tag: str | None = None
+    pid: int | None = None
+    phase: str | None = None
+    phase_started_at: float | None = None
+    experiment: int | None = None  # n of the experiment in flight
+    started_at: float | None = None  # when it started
+    baseline_run: bool = False
+    budget: float | None = None  # seconds of training per experiment
+    timeout: float | None = None
+    paused: bool = False
+    pause_requested: bool = False
+    stop_requested: bool = False
+    best: Best | None = None
+    baseline: Baseline | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    agent: dict[str, Any] | None = None  # name, model
+    cost_usd: float = 0.0
+    hypothesis: str | None = None
+    description: str | None = None
+    commit: str | None = None
+    parent: str | None = None
+    error: str | None = None
+    config: dict[str, Any] | None = None
+    branch: str | None = None
+    worktree: str | None = None
+    notes_pending: list[str] = field(default_factory=list)
+    train_pgid: int | None = None  # the training process group, for a restart to reap
+    sandbox: str | None = None
+    updated_at: float | None = None
+    heartbeat_at: float | None = None
+
+    def update(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            if not hasattr(self, key):
+                raise AttributeError(f"State has no field {key!r}")
+            setattr(self, key, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("best", "baseline"):
+            if d[key] is not None:
+                d[key] = d[key].to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "State":
+        if not isinstance(d, dict):
+            return cls()
+        s = cls()
+        for f in fields(cls):
+            if f.name not in d:
+                continue
+            value = d[f.name]
+            if f.name == "best":
+                value = Best.from_dict(value)
+            elif f.name == "baseline":
+                value = Baseline.from_dict(value)
+            elif f.name in ("paused", "pause_requested", "stop_requested", "baseline_run"):
+                value = value is True
+            elif f.name in ("pid", "experiment", "train_pgid"):
+                value = value if isinstance(value, int) and not isinstance(value, bool) else None
+            elif f.name in ("phase_started_at", "started_at", "budget", "timeout", "updated_at", "heartbeat_at"):
+                value = _opt_float(value)
+            elif f.name == "cost_usd":
+                value = _opt_float(value) or 0.0
+            elif f.name == "counts":
+                value = {str(k): v for k, v in value.items() if isinstance(v, int)} if isinstance(value, dict) else {}
+            elif f.name == "notes_pending":
+                value = [x for x in value if isinstance(x, str)] if isinstance(value, list) else []
+            elif f.name in ("agent", "config"):
+                value = value if isinstance(value, dict) else None
+            else:
+                value = value if isinstance(value, str) else None
+            setattr(s, f.name, value)
+        return s

@@ -1,0 +1,190 @@
+"""Opening and closing a tag: lock, worktree, resume from the journal, data cache.
+
+Opening rebuilds everything the loop needs from the run directory (results.jsonl is the
+source of truth), records an experiment that a dead engine left half-done as
+``interrupted``, reaps what that engine's training left running, puts the worktree at
+the best commit and builds the data cache when it is missing. Closing leaves the
+worktree at the best commit and the tag ready to be resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import gitops, rundir
+from .control import ControlServer
+from .errors import UsageError
+from .integrity import Fingerprint, cache_dir, manifest_path
+from .results import INTERRUPTIBLE_PHASES, Result, Standing, State
+from .runner import kill_stale_group, run_process
+from .session import Session
+from .steering import on_command
+
+
+def open_tag(s: Session) -> ControlServer:
+    """Take the tag's lock and resume it (or start it). Returns the running control server."""
+    s.lock.acquire()
+    repo = gitops.open_repo(s.repo_path)
+    gitops.ensure_excluded(repo)
+    resuming = s.rd.results_jsonl.exists() or s.rd.state_json.exists()
+    s.results = s.journal.open()
+    previous = s.journal.state
+    s.wt = gitops.Worktree.open_or_create(repo, s.rd.worktree, s.tag)
+    s.base_commit = s.wt.resolve(gitops.base_ref(s.tag)) or s.wt.head()
+    kill_stale_group(previous.train_pgid, s.rd.root)
+
+    _record_interrupted_from(s, previous)
+    s.standing = Standing.of(s.results, s.base_commit)
+    numbers = [r.n for r in s.results]
+    if s.rd.experiments.is_dir():
+        numbers += [int(p.name) for p in s.rd.experiments.iterdir() if p.name.isdigit()]
+    s.next_n = max(numbers, default=0) + 1
+    s.wt.reset_to(s.best_commit())
+    s.cost_usd = _cost_from_events(s)
+    s.notes = list(previous.notes_pending)
+
+    s.journal.state = State()
+    _write_full_state(s)
+    s.journal.event("engine", event="resume" if resuming else "start", pid=os.getpid())
+    server = ControlServer(s.rd.socket, lambda request: on_command(s, request))
+    server.start()
+    verb = "resuming" if resuming else "starting"
+    s.say(f"{verb} tag {s.tag}: branch {gitops.branch_name(s.tag)}, agent {s.agent_label()}, "
+          f"budget {s.budget:g} s, next experiment #{s.next_n:04d}")
+    s.say(f"run directory {s.rd.root}")
+    if s.lock.took_over_pid:
+        s.say(f"took over a stale lock left by pid {s.lock.took_over_pid}")
+
+    _ensure_prepared(s)
+    _check_fingerprint_on_start(s)
+    _install_scorer(s)
+    return server
+
+
+def close_tag(s: Session, server: ControlServer | None) -> None:
+    if not s.lock.held:
+        return  # never started (another engine holds the tag): touch nothing
+    if server is not None:
+        server.close()
+    try:
+        if s.base_commit and s.wt is not None:
+            s.wt.reset_to(s.best_commit())
+    except Exception:
+        pass
+    if s.phase != "error":
+        s.set_phase("stopped")
+    s.journal.update_state(train_pgid=None, notes_pending=list(s.notes))
+    s.journal.event("engine", event="exit", pid=os.getpid())
+    s.lock.release()
+
+
+def record_interrupted_flight(s: Session) -> None:
+    """The engine is going down with an experiment in flight: record it as interrupted."""
+    f = s.flight
+    if f is None or any(r.n == f.n for r in s.results) or s.phase not in INTERRUPTIBLE_PHASES:
+        return
+    st = s.journal.state
+    s.record(Result(
+        n=f.n, status="interrupted", baseline=f.baseline, started_at=f.started_at, ended_at=time.time(),
+        description=st.description or "", hypothesis=st.hypothesis or "", commit=st.commit,
+        parent=st.parent or s.best_commit(), error="the engine was stopped during this experiment",
+    ))
+
+
+def _record_interrupted_from(s: Session, previous: State) -> None:
+    """A previous engine died mid-experiment: record that experiment as interrupted."""
+    n = previous.experiment
+    if n is None or any(r.n == n for r in s.results) or previous.phase not in INTERRUPTIBLE_PHASES:
+        return
+    result = Result(
+        n=n, status="interrupted", baseline=previous.baseline_run, started_at=previous.started_at,
+        ended_at=previous.heartbeat_at or time.time(), description=previous.description or "",
+        hypothesis=previous.hypothesis or "", commit=previous.commit, parent=previous.parent,
+        error="the engine stopped during this experiment",
+    )
+    s.journal.append_result(result)
+    s.results.append(result)
+    s.journal.event("result", **result.short())
+
+
+def _cost_from_events(s: Session) -> float:
+    total = 0.0
+    for e in rundir.read_jsonl(s.rd.events_jsonl):
+        if e.get("type") == "usage":
+            cost = (e.get("agent") or {}).get("cost_usd")
+            if isinstance(cost, (int, float)):
+                total += cost
+    return round(total, 6)
+
+
+def _write_full_state(s: Session) -> None:
+    s.journal.update_state(
+        tag=s.tag, pid=os.getpid(), phase="starting", phase_started_at=round(time.time(), 3),
+        budget=s.budget, timeout=s.timeout, best=s.standing.best, baseline=s.standing.baseline,
+        counts=dict(s.standing.counts), agent={"name": getattr(s.agent, "name", "?"),
+                                               "model": getattr(s.agent, "model", None)},
+        cost_usd=s.cost_usd, config=s.config.to_dict(), branch=gitops.branch_name(s.tag),
+        worktree=str(s.rd.worktree), notes_pending=list(s.notes),
+    )
+
+
+def _ensure_prepared(s: Session) -> None:
+    """Build the data cache first if it is missing (its output shown as it comes)."""
+    if manifest_path().exists():
+        return
+    s.say(f"no data cache at {cache_dir()}: running python prepare.py first")
+    from .trial import child_env  # the same minimal environment training gets
+
+    result = run_process(
+        [s.python, "prepare.py"],
+        cwd=s.rd.worktree,
+        env=child_env(s, {}),
+        log_path=s.rd.root / "prepare.log",
+        tick=s.tick,
+        should_kill=s.stop_event.is_set,
+        grace=s.kill_grace,
+        echo=_echo if s._out is not None else None,
+    )
+    if s.stopping:
+        return  # stopped while preparing: the loop will not start
+    if result.returncode != 0 or not manifest_path().exists():
+        raise RuntimeError(f"python prepare.py failed (exit {result.returncode}); see {s.rd.root / 'prepare.log'}")
+
+
+def _check_fingerprint_on_start(s: Session) -> None:
+    info = rundir.read_json(s.rd.run_info)
+    now = Fingerprint.of(s.rd.worktree)
+    if not info:
+        info = {"tag": s.tag, "created_at": time.time(), "base_commit": s.base_commit,
+                "budget": s.budget, **now.to_dict()}
+        rundir.atomic_write_json(s.rd.run_info, info)
+    s.fingerprint = Fingerprint(info.get("prepare_sha256"), info.get("manifest_sha256"))
+    problems = s.fingerprint.problems(now)
+    if problems:
+        raise UsageError(f"cannot resume tag {s.tag}: {'; '.join(problems)}; start a new run with another --tag")
+    if info.get("budget") not in (None, s.budget):
+        s.say(f"note: this run started with a {info['budget']:g} s budget; now {s.budget:g} s "
+              "(results are comparable only at the same budget)")
+
+
+def _install_scorer(s: Session) -> None:
+    """The scorer runs from a copy of prepare.py that no experiment can reach or edit.
+
+    Called right after the fingerprint check, so the worktree's prepare.py is the one
+    the run started with (and no change can alter it: it is outside every scope).
+    """
+    data = (s.rd.worktree / "prepare.py").read_bytes()
+    if s.rd.scorer.exists() and s.rd.scorer.read_bytes() == data:
+        return
+    s.rd.scorer.parent.mkdir(parents=True, exist_ok=True)
+    tmp = s.rd.scorer.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(s.rd.scorer)
+
+
+def _echo(data: bytes) -> None:
+    try:
+        os.write(1, data)
+    except OSError:
+        pass

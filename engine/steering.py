@@ -1,0 +1,94 @@
+"""What people can ask of a running engine: pause, resume, skip, keep, stop, note.
+
+Each command arrives on the control socket's thread. A handler only flips flags (under
+``s.ctl``) or queues a note; the loop acts on them between and during steps. Every
+command, accepted or refused, is acknowledged in events.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .control import accepted, refused
+from .results import METRIC
+from .session import Session
+
+
+def on_command(s: Session, request: dict[str, Any]) -> dict[str, Any]:
+    cmd, text = request["cmd"], request.get("text")
+    if cmd == "ping":
+        f = s.flight
+        return accepted(f"engine pid {os.getpid()}, phase {s.phase}" + (f", experiment #{f.n:04d}" if f else ""))
+    with s.ctl:
+        reply = _HANDLERS[cmd](s, text)
+    acknowledge(s, cmd, text, reply)
+    return reply
+
+
+def acknowledge(s: Session, cmd: str, text: str | None, reply: dict[str, Any]) -> None:
+    s.journal.event("command", cmd=cmd, text=text, result=reply["result"],
+                    reason=reply.get("reason") or reply.get("message") or "")
+
+
+def _pause(s: Session, text: str | None) -> dict[str, Any]:
+    if s.paused:
+        return refused("already paused")
+    if s.pause_requested:
+        return refused("a pause is already requested")
+    s.pause_requested = True
+    s.journal.update_state(pause_requested=True)
+    f = s.flight
+    return accepted(f"will pause after experiment #{f.n:04d} finishes" if f else "pausing")
+
+
+def _resume(s: Session, text: str | None) -> dict[str, Any]:
+    if not s.paused and not s.pause_requested:
+        return refused("not paused")
+    was_cost = bool(s.error and s.error.startswith("cost cap"))
+    s.paused = s.pause_requested = False
+    s.error = None
+    s.failures = 0
+    if was_cost:
+        s.cost_cap_lifted = True
+    s.journal.update_state(paused=False, pause_requested=False, error=None)
+    return accepted("resumed past the cost cap for this session" if was_cost else "resumed")
+
+
+def _skip(s: Session, text: str | None) -> dict[str, Any]:
+    f = s.flight
+    if f is None or s.phase == "deciding":
+        return refused("no experiment is in progress")
+    f.skip = True
+    return accepted(f"skipping experiment #{f.n:04d}")
+
+
+def _keep(s: Session, text: str | None) -> dict[str, Any]:
+    f = s.flight
+    if f is None or s.phase == "deciding":
+        return refused("no experiment is in progress")
+    if f.baseline:
+        return refused(f"experiment #{f.n:04d} is a baseline run: there is no change to keep")
+    f.keep = True
+    return accepted(f"will keep experiment #{f.n:04d} if it finishes with a {METRIC}")
+
+
+def _stop(s: Session, text: str | None) -> dict[str, Any]:
+    s.stop_event.set()
+    s.journal.update_state(stop_requested=True)
+    f = s.flight
+    if f and s.phase != "proposing":
+        return accepted(f"stopping (experiment #{f.n:04d} will be recorded as interrupted)")
+    return accepted("stopping")
+
+
+def _note(s: Session, text: str | None) -> dict[str, Any]:
+    text = (text or "").strip()
+    if not text:
+        return refused("a note needs text")
+    s.notes.append(text)
+    s.journal.update_state(notes_pending=list(s.notes))
+    return accepted(f"note queued for the next proposal ({len(s.notes)} pending)")
+
+
+_HANDLERS = {"pause": _pause, "resume": _resume, "skip": _skip, "keep": _keep, "stop": _stop, "note": _note}

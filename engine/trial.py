@@ -1,0 +1,143 @@
+"""One trial of a committed change: train it, then score it.
+
+Training runs the commit's own files (exported from git: tracked files only, no .git,
+nothing ignored) in a fresh directory with one writable scratch directory for the
+checkpoint. The engine times it from outside: wall time past ``budget + startup``
+seconds ends it as ``timeout``, whatever train.py counts. The scorer then runs as its
+own process and the engine reads the number it wrote to eval.json, never what train.py
+printed. Evaluation output is appended to run.log after ``EVAL_MARKER``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import rundir
+from .decide import classify_failure, parse_float
+from .integrity import Fingerprint, cache_dir
+from .results import METRIC, is_number
+from .runner import ProcessResult, minimal_env, run_process
+from .session import Session
+
+EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
+
+
+@dataclass
+class Outcome:
+    status: str  # "ok" (scored) or the failure's status
+    metric: float | None = None
+    error: str | None = None
+    train_seconds: float | None = None
+    peak_mem_mb: float | None = None
+    summary: dict[str, str] = field(default_factory=dict)
+    log_tail: list[str] | None = None
+
+
+def child_env(s: Session, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of every process the engine starts for untrusted code: no secrets."""
+    return minimal_env({
+        "AUTORESEARCH_CACHE": str(cache_dir()),
+        "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}",
+        **extra,
+    })
+
+
+def training_limit(s: Session) -> float:
+    """Wall seconds a training process may take, measured by the engine."""
+    return min(s.timeout, s.budget + s.config.loop.effective_startup())
+
+
+def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str, float]) -> Outcome:
+    src, scratch = exp_dir / "src", exp_dir / "scratch"
+    shutil.rmtree(src, ignore_errors=True)
+    s.wt.export(commit, src)
+    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_and_score(s, src, scratch, exp_dir, timings)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(scratch / "tmp", ignore_errors=True)
+
+
+def _run(s: Session, argv: list[str], *, cwd: Path, env: dict[str, str], log: Path, limit: float) -> ProcessResult:
+    """Run one child under the run's limits. Its process group is in state.json while it
+    runs, so a restarted engine can reap what a killed one left behind."""
+    result = run_process(
+        argv, cwd=cwd, env=env, log_path=log, timeout=limit, hang_seconds=s.config.loop.hang_seconds,
+        tick=s.tick, should_kill=s.should_kill, grace=s.kill_grace,
+        on_start=lambda pid: s.journal.update_state(train_pgid=pid),
+    )
+    s.journal.update_state(train_pgid=None)
+    return result
+
+
+def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timings: dict[str, float]) -> Outcome:
+    ckpt = scratch / "checkpoint.pt"
+    log = exp_dir / "run.log"
+    env = child_env(s, {"AUTORESEARCH_CHECKPOINT": str(ckpt), "TMPDIR": str(scratch / "tmp")})
+    s.set_phase("running")
+    limit = training_limit(s)
+    train = _run(s, [s.python, "train.py"], cwd=src, env=env, log=log, limit=limit)
+    timings["train"] = round(train.wall_seconds, 3)
+    summary = train.summary
+    base = dict(train_seconds=parse_float(summary.get("training_seconds")),
+                peak_mem_mb=parse_float(summary.get("peak_mem_mb")), summary=summary)
+    failure = classify_failure(train)
+    if failure == "killed":
+        return Outcome(s.killed_status(), error=s.killed_reason(), **base)
+    if failure:
+        return Outcome(failure, error=failure_message(s, failure, train, limit), log_tail=train.tail[-30:], **base)
+    if not ckpt.exists():
+        return Outcome("crash", error="train.py exited 0 but wrote no checkpoint to $AUTORESEARCH_CHECKPOINT",
+                       log_tail=train.tail[-30:], **base)
+
+    # Training must not have touched the evaluator or the data manifest.
+    tampered = s.fingerprint.problems(Fingerprint.of(s.rd.worktree))
+    if tampered:
+        if any("manifest" in w for w in tampered):
+            s.pause_with_error("; ".join(tampered))
+        return Outcome("rejected", error="; ".join(tampered), **base)
+
+    s.set_phase("evaluating")
+    with open(log, "ab") as f:
+        f.write(f"\n{EVAL_MARKER}\n".encode())
+    eval_json = exp_dir / "eval.json"
+    ev = _run(s, [s.python, str(s.rd.scorer), "evaluate", "--train", str(src / "train.py"), "--checkpoint",
+                  str(ckpt), "--out", str(eval_json)], cwd=exp_dir, env=env, log=log, limit=s.timeout)
+    timings["eval"] = round(ev.wall_seconds, 3)
+    failure = classify_failure(ev)
+    if failure == "killed":
+        return Outcome(s.killed_status(), error=s.killed_reason(), **base)
+    if failure:
+        status = failure if failure in ("oom", "timeout", "hang") else "crash"
+        return Outcome(status, error=f"evaluation failed: {failure_message(s, failure, ev, s.timeout)}",
+                       log_tail=ev.tail[-30:], **base)
+    data = rundir.read_json(eval_json)
+    value = data.get(METRIC) if isinstance(data, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_number(value):
+        return Outcome("nan", error=f"{METRIC} is {value}", **base)
+    if not is_number(value):
+        return Outcome("crash", error=f"eval.json has no numeric {METRIC}", log_tail=ev.tail[-30:], **base)
+    return Outcome("ok", metric=float(value), **base)
+
+
+def failure_message(s: Session, status: str, run: ProcessResult, limit: float) -> str:
+    if status == "timeout":
+        return f"killed after {run.wall_seconds:.0f} s of wall time (limit {limit:g} s, measured by the engine)"
+    if status == "hang":
+        return f"no output and no CPU progress for {s.config.loop.hang_seconds:g} s"
+    last = next((line.strip() for line in reversed(run.tail) if line.strip()), "")
+    if status == "oom":
+        if run.killed_by_signal == 9:
+            return "killed by SIGKILL (out of memory?)"
+        return _one_line(last)[:300] or "out of memory"
+    if status == "nan":
+        return run.fail_line or _one_line(last)[:300]
+    code = f"killed by signal {run.killed_by_signal}" if run.killed_by_signal else f"exit status {run.returncode}"
+    return f"{code}: {_one_line(last)[:300]}" if last else code
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text or "").split())
