@@ -38,8 +38,10 @@ builds argv is the same in both modes::
     # model server: same recipe, nothing writable, only the checkpoint file from scratch
     jail = sb.jail(sandbox.Mounts(ro={"/work": export_dir, "/ckpt/model.pt": scratch_dir / "model.pt"},
                                   hide=sandbox.with_bytecode(validation_source_files)))
+    server_env = minimal_env({"HOME": "/tmp", "TMPDIR": "/tmp"})
     launch = jail.launch([jail.python, jail.path("/work/prepare.py"), "serve",
-                          "--checkpoint", jail.path("/ckpt/model.pt")], env=env, cwd="/work")
+                          "--train", jail.path("/work/train.py"),
+                          "--checkpoint", jail.path("/ckpt/model.pt")], env=server_env, cwd="/work")
     proc = subprocess.Popen(launch.argv, env=launch.env, cwd=launch.cwd, stdin=PIPE, stdout=PIPE,
                             start_new_session=True)   # pipes pass through bwrap unchanged
 
