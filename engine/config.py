@@ -62,6 +62,7 @@ class LoopConfig:
     mutable: list[str] = field(default_factory=lambda: ["train.py"])
     max_experiments: int | None = None  # None: run until stopped
     seed: int = 0
+    sandbox: str = "auto"  # "auto": bubblewrap when it works here; "bwrap": required; "off": none
 
     def effective_budget(self) -> float:
         if self.budget_seconds is not None:
@@ -184,6 +185,8 @@ def validate(config: Config) -> None:
         raise ConfigError("budget must be a positive number of seconds")
     if loop.timeout_seconds is not None and loop.timeout_seconds <= 0:
         raise ConfigError("timeout must be a positive number of seconds")
+    if loop.sandbox not in ("auto", "bwrap", "off"):
+        raise ConfigError(f'{CONFIG_FILENAME}: [loop] sandbox must be "auto", "bwrap" or "off", not {loop.sandbox!r}')
     if loop.startup_seconds is not None and loop.startup_seconds < 0:
         raise ConfigError("startup_seconds must not be negative")
     if loop.hang_seconds <= 0:

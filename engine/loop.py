@@ -135,7 +135,8 @@ class Engine:
         t0 = time.monotonic()
         with s.ctl:
             s.flight = Flight(n, baseline, started)
-        draft = Result(n=n, status="", baseline=baseline, started_at=started, parent=s.best_commit())
+        draft = Result(n=n, status="", baseline=baseline, started_at=started, parent=s.best_commit(),
+                       sandbox=s.sandbox.describe())
         timings: dict[str, float] = {}
         s.journal.update_state(experiment=n, started_at=started, baseline_run=baseline, hypothesis=None,
                                description=None, commit=None, parent=s.best_commit(), train_pgid=None)
@@ -147,8 +148,8 @@ class Engine:
                 draft.description = f"baseline: unmodified train.py (run {k} of {runs})"
                 draft.hypothesis = "Measure the unmodified train.py to set the reference and estimate run-to-run noise."
             else:
-                s.set_phase("proposing")
                 metadata = GitMetadata(s.wt.repo)
+                s.set_phase("proposing")
                 asked = propose(s, draft)
                 timings["agent"] = round(time.monotonic() - t0, 3)
                 if asked.outcome in ("retry", "stopped"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import gitops
+from . import gitops, sandbox
 from .agents.base import Agent
 from .config import Config
 from .integrity import Fingerprint
@@ -66,6 +66,7 @@ class Session:
         self.lock = EngineLock(self.rd.lock, self.tag)
         self.budget = config.loop.effective_budget()
         self.timeout = config.loop.effective_timeout()
+        self.sandbox = sandbox.detect(config.loop.sandbox)  # SandboxError (one line) before anything is written
 
         # Rebuilt from results.jsonl when the tag opens (engine/startup.py).
         self.wt: gitops.Worktree | None = None

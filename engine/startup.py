@@ -53,6 +53,9 @@ def open_tag(s: Session) -> ControlServer:
     s.say(f"{verb} tag {s.tag}: branch {gitops.branch_name(s.tag)}, agent {s.agent_label()}, "
           f"budget {s.budget:g} s, next experiment #{s.next_n:04d}")
     s.say(f"run directory {s.rd.root}")
+    if not s.sandbox.enabled:
+        s.say(f"warning: UNSANDBOXED ({s.sandbox.reason}): train.py runs with your user's rights; "
+              "install bubblewrap to confine it")
     if s.lock.took_over_pid:
         s.say(f"took over a stale lock left by pid {s.lock.took_over_pid}")
 
@@ -125,7 +128,7 @@ def _write_full_state(s: Session) -> None:
         counts=dict(s.standing.counts), agent={"name": getattr(s.agent, "name", "?"),
                                                "model": getattr(s.agent, "model", None)},
         cost_usd=s.cost_usd, config=s.config.to_dict(), branch=gitops.branch_name(s.tag),
-        worktree=str(s.rd.worktree), notes_pending=list(s.notes),
+        worktree=str(s.rd.worktree), notes_pending=list(s.notes), sandbox=s.sandbox.describe(),
     )
 
 

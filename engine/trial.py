@@ -1,27 +1,35 @@
-"""One trial of a committed change: train it, then score it.
+"""One trial of a committed change: train it, then score it, untrusted code in the sandbox.
 
 Training runs the commit's own files (exported from git: tracked files only, no .git,
-nothing ignored) in a fresh directory with one writable scratch directory for the
-checkpoint. The engine times it from outside: wall time past ``budget + startup``
-seconds ends it as ``timeout``, whatever train.py counts. The scorer then runs as its
-own process and the engine reads the number it wrote to eval.json, never what train.py
-printed. Evaluation output is appended to run.log after ``EVAL_MARKER``.
+nothing ignored) read-only at /work, with one writable scratch directory at /scratch for
+the checkpoint and the data cache at /data, where only manifest.json and train.bin can
+be read. The engine times it from outside: wall time past ``budget + startup`` seconds
+ends it as ``timeout``, whatever train.py counts.
+
+The scorer is the trusted copy of prepare.py (engine/startup.py installs it), run
+outside the sandbox; it starts the model servers that run train.py's code through the
+sandboxed command line it is given, and writes eval.json where no sandbox can write.
+The engine reads the number from eval.json, never from what train.py printed.
+Evaluation output is appended to run.log after ``EVAL_MARKER``.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rundir
+from . import rundir, sandbox
 from .decide import classify_failure, parse_float
-from .integrity import Fingerprint, cache_dir
+from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import METRIC, is_number
 from .runner import ProcessResult, minimal_env, run_process
 from .session import Session
 
 EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
+# Files of the data cache training may read; everything else there (val.bin) stays hidden.
+TRAINING_DATA = ("manifest.json", "train.bin")
 
 
 @dataclass
@@ -37,11 +45,7 @@ class Outcome:
 
 def child_env(s: Session, extra: dict[str, str]) -> dict[str, str]:
     """The environment of every process the engine starts for untrusted code: no secrets."""
-    return minimal_env({
-        "AUTORESEARCH_CACHE": str(cache_dir()),
-        "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}",
-        **extra,
-    })
+    return minimal_env({"AUTORESEARCH_CACHE": str(cache_dir()), "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}", **extra})
 
 
 def training_limit(s: Session) -> float:
@@ -49,16 +53,28 @@ def training_limit(s: Session) -> float:
     return min(s.timeout, s.budget + s.config.loop.effective_startup())
 
 
+def hidden_paths() -> list[str]:
+    """What no sandbox may read although it lies under a bound tree: the sources of the
+    validation text (listed by prepare.py in the manifest) and their bytecode."""
+    data = rundir.read_json(manifest_path())
+    hidden = data.get("hidden") if isinstance(data, dict) else None
+    paths = [p for p in hidden if isinstance(p, str)] if isinstance(hidden, list) else []
+    return sandbox.with_bytecode(paths)
+
+
 def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str, float]) -> Outcome:
     src, scratch = exp_dir / "src", exp_dir / "scratch"
     shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     s.wt.export(commit, src)
-    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    for sub in ("tmp", "home"):
+        (scratch / sub).mkdir(parents=True, exist_ok=True)
     try:
         return _train_and_score(s, src, scratch, exp_dir, timings)
     finally:
         shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(scratch / "tmp", ignore_errors=True)
+        for sub in ("tmp", "home"):
+            shutil.rmtree(scratch / sub, ignore_errors=True)
 
 
 def _run(s: Session, argv: list[str], *, cwd: Path, env: dict[str, str], log: Path, limit: float) -> ProcessResult:
@@ -74,26 +90,37 @@ def _run(s: Session, argv: list[str], *, cwd: Path, env: dict[str, str], log: Pa
 
 
 def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timings: dict[str, float]) -> Outcome:
-    ckpt = scratch / "checkpoint.pt"
     log = exp_dir / "run.log"
-    env = child_env(s, {"AUTORESEARCH_CHECKPOINT": str(ckpt), "TMPDIR": str(scratch / "tmp")})
+    cache = cache_dir()
+    hide = hidden_paths() + [str(p) for p in cache.iterdir() if p.name not in TRAINING_DATA]
+    jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": src, "/data": cache}, rw={"/scratch": scratch}, hide=hide))
+    env = minimal_env({
+        "AUTORESEARCH_CACHE": jail.path("/data"),
+        "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}",
+        "AUTORESEARCH_CHECKPOINT": jail.path("/scratch/checkpoint.pt"),
+        "TMPDIR": jail.path("/scratch/tmp"),
+        "HOME": jail.path("/scratch/home"),
+    })
+    train = jail.launch([jail.python, jail.path("/work/train.py")], env=env, cwd="/work")
     s.set_phase("running")
     limit = training_limit(s)
-    train = _run(s, [s.python, "train.py"], cwd=src, env=env, log=log, limit=limit)
-    timings["train"] = round(train.wall_seconds, 3)
-    summary = train.summary
+    run = _run(s, train.argv, cwd=Path(train.cwd), env=train.env, log=log, limit=limit)
+    run.returncode = train.returncode(run.returncode)
+    timings["train"] = round(run.wall_seconds, 3)
+    summary = run.summary
     base = dict(train_seconds=parse_float(summary.get("training_seconds")),
                 peak_mem_mb=parse_float(summary.get("peak_mem_mb")), summary=summary)
-    failure = classify_failure(train)
+    failure = classify_failure(run)
     if failure == "killed":
         return Outcome(s.killed_status(), error=s.killed_reason(), **base)
     if failure:
-        return Outcome(failure, error=failure_message(s, failure, train, limit), log_tail=train.tail[-30:], **base)
-    if not ckpt.exists():
-        return Outcome("crash", error="train.py exited 0 but wrote no checkpoint to $AUTORESEARCH_CHECKPOINT",
-                       log_tail=train.tail[-30:], **base)
+        return Outcome(failure, error=failure_message(s, failure, run, limit), log_tail=run.tail[-30:], **base)
+    ckpt = scratch / "checkpoint.pt"
+    if ckpt.is_symlink() or not ckpt.is_file():
+        return Outcome("crash", error="train.py exited 0 but wrote no checkpoint file to $AUTORESEARCH_CHECKPOINT",
+                       log_tail=run.tail[-30:], **base)
 
-    # Training must not have touched the evaluator or the data manifest.
+    # Without a sandbox, training could have reached the evaluator or the data: check.
     tampered = s.fingerprint.problems(Fingerprint.of(s.rd.worktree))
     if tampered:
         if any("manifest" in w for w in tampered):
@@ -103,17 +130,24 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
     s.set_phase("evaluating")
     with open(log, "ab") as f:
         f.write(f"\n{EVAL_MARKER}\n".encode())
+    server_jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": src, "/scratch": scratch}, hide=hide))
+    server_env = minimal_env({"AUTORESEARCH_CACHE": "/nonexistent", "HOME": "/tmp", "TMPDIR": "/tmp"})
+    server = server_jail.launch(
+        [server_jail.python, "-I", "-B", server_jail.path("/work/prepare.py"), "serve-model",
+         "--train", server_jail.path("/work/train.py"), "--checkpoint", server_jail.path("/scratch/checkpoint.pt")],
+        env=server_env, cwd="/work")
     eval_json = exp_dir / "eval.json"
-    ev = _run(s, [s.python, str(s.rd.scorer), "evaluate", "--train", str(src / "train.py"), "--checkpoint",
-                  str(ckpt), "--out", str(eval_json)], cwd=exp_dir, env=env, log=log, limit=s.timeout)
+    scorer = [s.python, "-I", "-B", str(s.rd.scorer), "evaluate", "--train", str(src / "train.py"),
+              "--checkpoint", str(ckpt), "--out", str(eval_json), "--server-cmd", json.dumps(server.argv)]
+    ev = _run(s, scorer, cwd=exp_dir, env=child_env(s, {}), log=log, limit=s.timeout)
     timings["eval"] = round(ev.wall_seconds, 3)
     failure = classify_failure(ev)
     if failure == "killed":
         return Outcome(s.killed_status(), error=s.killed_reason(), **base)
     if failure:
         status = failure if failure in ("oom", "timeout", "hang") else "crash"
-        return Outcome(status, error=f"evaluation failed: {failure_message(s, failure, ev, s.timeout)}",
-                       log_tail=ev.tail[-30:], **base)
+        why = ev.fail_line or failure_message(s, failure, ev, s.timeout)
+        return Outcome(status, error=f"evaluation failed: {why}", log_tail=ev.tail[-30:], **base)
     data = rundir.read_json(eval_json)
     value = data.get(METRIC) if isinstance(data, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_number(value):

@@ -33,7 +33,6 @@ import subprocess
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..results import FAILED
 from .base import AgentError, Proposal, ProposalContext

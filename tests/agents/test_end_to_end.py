@@ -62,6 +62,7 @@ def main():
         p.add_argument("--train")
         p.add_argument("--checkpoint")
         p.add_argument("--out")
+        p.add_argument("--server-cmd")  # the real scorer starts sandboxed model servers; this one reads the checkpoint
         args = p.parse_args()
         lr = json.loads(Path(args.checkpoint).read_text())["lr"]
         Path(args.out).write_text(json.dumps({"val_bpb": 1.0 + 10 * lr}))

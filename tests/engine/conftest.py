@@ -93,14 +93,25 @@ def background():
             bg.stop()
 
 
+def log_text(path: Path) -> str:
+    """A run.log as it is now ("" before the run has started writing it)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def processes_in(directory: Path) -> list[psutil.Process]:
-    """Live processes whose working directory is inside ``directory`` (a run's directory)."""
-    found = []
+    """Live processes started in ``directory`` (a run's directory), and all their descendants
+    (inside a sandbox a process's working directory is an inside path like /work)."""
+    found: dict[int, psutil.Process] = {}
     target = Path(directory).resolve()
     for p in psutil.process_iter(["pid"]):
         try:
             if p.status() != psutil.STATUS_ZOMBIE and Path(p.cwd()).resolve().is_relative_to(target):
-                found.append(p)
+                for q in [p, *p.children(recursive=True)]:
+                    if q.status() != psutil.STATUS_ZOMBIE:
+                        found[q.pid] = q
         except (psutil.Error, OSError):
             continue
-    return found
+    return list(found.values())

@@ -10,7 +10,7 @@ import pytest
 from engine.control import ControlError, send_command
 from engine.integrity import manifest_path
 
-from .conftest import make_engine, processes_in
+from .conftest import log_text, make_engine, processes_in
 from .genome import git
 
 
@@ -57,7 +57,7 @@ def test_skip_kills_the_run_and_reverts(repo, background):
     bg = background(make_engine(repo, [{"set": {"MODE": "slow"}}, {"set": {"LR": 0.02}}], loop__baseline_runs=1,
                                 loop__max_experiments=3))
     bg.wait_for(lambda: bg.phase_is("running", 2), why="experiment 2 running")
-    bg.wait_for(lambda: "step 3" in (bg.rd.experiment(2) / "run.log").read_text(), why="training output")
+    bg.wait_for(lambda: "step 3" in log_text(bg.rd.experiment(2) / "run.log"), why="training output")
     assert send_command(bg.rd.socket, "skip")["ok"]
     bg.thread.join(20)
     results = bg.results()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 from engine import gitops
+from engine.integrity import cache_dir
 from engine.results import experiment_ref
 from engine.rundir import RunDir
 
@@ -29,7 +29,7 @@ def test_every_status_of_a_run(tmp_path):
         {"write": {"prepare.py": "print('hacked evaluator')\n"}},  # 11 rejected
         {"desc": "do nothing"},  # 12 rejected: empty
         {"set": {"LR": 0.03}, "write": {"notes/new.py": "x = 1\n"}},  # 13 rejected: new untracked file
-        {"set": {"MODE": "tamper"}},  # 14 discard: training rewrote only its own copy of the evaluator
+        {"set": {"MODE": "tamper"}},  # 14 crash: the experiment's files are read-only in the sandbox
         {"set": {"MODE": "evalnan"}},  # 15 nan from eval.json
         {"set": {"WIDTH": 128}},  # 16 keep
     ]
@@ -37,8 +37,10 @@ def test_every_status_of_a_run(tmp_path):
     rd = engine.rd
     results = rd.read_results()
     statuses = [r.status for r in results]
+    # Without a sandbox (no bwrap here) training may write its copy of the files, never the scorer's.
+    tampered = "crash" if engine.s.sandbox.enabled else "discard"
     assert statuses == ["baseline", "baseline", "keep", "discard", "crash", "timeout", "hang", "nan", "oom",
-                        "oom", "rejected", "rejected", "rejected", "discard", "nan", "keep"]
+                        "oom", "rejected", "rejected", "rejected", tampered, "nan", "keep"]
     by_n = {r.n: r for r in results}
     assert [r.n for r in results] == list(range(1, 17))
 
@@ -135,8 +137,9 @@ def test_training_gets_a_minimal_environment_without_api_keys(repo, monkeypatch)
     assert env["OMP_NUM_THREADS"] == "2" and env["CUDA_VISIBLE_DEVICES"] == ""
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["AUTORESEARCH_TIME_BUDGET"] == "1"
-    assert env["AUTORESEARCH_CHECKPOINT"] == str(engine.rd.experiment(2) / "scratch" / "checkpoint.pt")
-    assert Path(env["AUTORESEARCH_CACHE"]).is_dir()
+    scratch = "/scratch" if engine.s.sandbox.enabled else str(engine.rd.experiment(2) / "scratch")
+    assert env["AUTORESEARCH_CHECKPOINT"] == f"{scratch}/checkpoint.pt" and env["HOME"] == f"{scratch}/home"
+    assert env["AUTORESEARCH_CACHE"] == ("/data" if engine.s.sandbox.enabled else str(cache_dir()))
 
 
 def test_noise_threshold_versus_strict_rule(tmp_path):
