@@ -181,7 +181,8 @@ class ExperimentScreen(Screen):
         self.summary = summary_block(log) if log else {}
         self._paint()
         ev = data.get("eval")
-        eval_text = Text("eval.json\n", style="bold")
+        eval_text = Text()
+        eval_text.append("eval.json\n", style="bold")
         eval_text.append(json.dumps(ev, indent=2) if ev is not None else "(none: the run did not reach evaluation)")
         self.query_one("#eval", Static).update(eval_text)
         hyp = data.get("hypothesis") or self.record.get("hypothesis") or "(no hypothesis recorded)"

@@ -124,7 +124,7 @@ HELP_TEXT = """\
 Live screen
   p        pause after this experiment / resume
   s        skip: stop the current run now, record it as skipped (asks first)
-  k        force-keep the current experiment if it ends with a metric (asks first)
+  k        force-keep this experiment if it ends with a metric (asks first)
   n        leave a note the agent reads in its next proposal
   h        history of every experiment
   d        the pending change full screen

@@ -142,6 +142,8 @@ class LiveScreen(Screen):
         out.append(mark[0], style=style(mark[1]))
         if view.paused:
             out.append(" · PAUSED", style=style("bold $warning"))
+        elif view.pause_requested:
+            out.append(" · pausing after this experiment", style=style("$warning"))
         if polling:
             out.append(" · polling", style="dim")
         if ack is not None:
@@ -151,26 +153,38 @@ class LiveScreen(Screen):
         self.query_one("#topbar", Static).update(out)
 
     def show_banner(self, view: RunView, engine: str, now: float) -> None:
+        """A line above the panes when something needs the user: the engine gone, stopped or
+        silent, or an error it reported (the experiment pane has room for its start only)."""
         self._banner = (view, engine, now)
         banner = self.query_one("#banner", Static)
-        if engine not in ("gone", "stale", "stopped"):
+        error = fmt.one_line(view.state.get("error")).rstrip(".")
+        if engine not in ("gone", "stale", "stopped") and not (engine == "running" and error):
             banner.set_class(False, "-show")
             return
         seen = view.last_seen()
         where = f"#{view.n:04d} {view.phase}" if view.n is not None else view.phase
+        last_error = f"Last error: {error}. " if error else ""
         text = Text()
         if engine == "gone":
             text.append("The engine is not running. ", style="bold")
-            text.append(f"Last state: {where}; last seen {fmt.clock(seen)} ({fmt.ago(seen, now)}). ")
+            text.append(f"Last state: {where}; last seen {fmt.clock(seen)} ({fmt.ago(seen, now)}). {last_error}")
             text.append("Press r to restart it (it resumes this run).")
         elif engine == "stopped":
             text.append("The run has stopped. ", style="bold")
-            text.append(f"Last seen {fmt.clock(seen)} ({fmt.ago(seen, now)}). Press r to start it again, h for the history.")
-        else:
+            text.append(f"Last seen {fmt.clock(seen)} ({fmt.ago(seen, now)}). {last_error}")
+            text.append("Press r to start it again, h for the history.")
+        elif engine == "stale":
             text.append("The engine is alive but silent: ", style="bold")
-            text.append(f"no heartbeat since {fmt.clock(seen)} ({fmt.ago(seen, now)}). Last state: {where}.")
+            text.append(f"no heartbeat since {fmt.clock(seen)} ({fmt.ago(seen, now)}). Last state: {where}. {last_error}")
+        elif view.paused:
+            text.append("Paused on an error: ", style="bold")
+            text.append(f"{error}. Press p to resume once it is dealt with, n to tell the agent.")
+        else:
+            text.append("The engine reports an error: ", style="bold")
+            text.append(f"{error}.")
+        text.rstrip()
         banner.update(text)
-        banner.set_class(engine != "gone", "-warning")  # silent or stopped: not (yet) a failure
+        banner.set_class(engine in ("stale", "stopped") and not error, "-warning")  # not (yet) a failure
         banner.set_class(True, "-show")
 
     # -- actions: the app does the work ---------------------------------------------

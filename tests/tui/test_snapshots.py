@@ -9,9 +9,13 @@ import time
 
 import pytest
 
+from textual.widgets import Input, Static
+
 from tests.tui.conftest import FixedSampler, fixed_clock, wait_for
-from tests.tui.fake_engine import FakeEngine, history
+from tests.tui.fake_engine import T0, FakeEngine, history
 from tui.app import MonitorApp
+from tui.diff_pane import DiffScreen
+from tui.dialogs import ConfirmModal, HelpScreen, NoteModal, QuitModal
 from tui.log_pane import LogPane
 from tui.util_pane import UtilPane
 
@@ -46,6 +50,7 @@ def picture_engine(repo):
 
 
 def live_app(engine) -> MonitorApp:
+    # The theme comes from $AUTORESEARCH_THEME (the conftest clears it: the default, night).
     # One sample only (a long interval), so the sparklines are the same in every run.
     return MonitorApp(engine.run, clock=fixed_clock(), sampler=FixedSampler(), stats_interval=3600)
 
@@ -68,14 +73,171 @@ def loaded(engine, app):
     return run_before
 
 
-def test_live_screen_wide(picture_engine, snap_compare):
+# -- the live screen ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("theme", ["night", "paper", "terminal"])
+def test_live_screen_wide(picture_engine, snap_compare, monkeypatch, theme):
+    monkeypatch.setenv("AUTORESEARCH_THEME", f"autoresearch-{theme}")
     app = live_app(picture_engine)
+    assert app.theme == f"autoresearch-{theme}"
     assert snap_compare(app, terminal_size=(120, 40), run_before=loaded(picture_engine, app))
 
 
 def test_live_screen_compact(picture_engine, snap_compare):
     app = live_app(picture_engine)
     assert snap_compare(app, terminal_size=(80, 24), run_before=loaded(picture_engine, app))
+
+
+def test_live_screen_no_color(picture_engine, snap_compare, monkeypatch):
+    """NO_COLOR: shades of grey only; every state is still written in words."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = live_app(picture_engine)
+    assert app.no_color
+    assert snap_compare(app, terminal_size=(120, 40), run_before=loaded(picture_engine, app))
+
+
+def test_diff_screen(picture_engine, snap_compare):
+    app = live_app(picture_engine)
+
+    async def run_before(pilot) -> None:
+        await loaded(picture_engine, app)(pilot)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, DiffScreen), "the full-screen diff")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
+
+
+# -- the live screen's banners and notices -------------------------------------------------
+
+
+def banner(engine, app, state: str, says: str):
+    """Loaded, the app takes the engine to be ``state``, and the banner ``says`` so."""
+
+    async def run_before(pilot) -> None:
+        await loaded(engine, app)(pilot)
+        await wait_for(pilot, lambda: app.engine_state() == state, f"the engine {state}")
+        await wait_for(pilot, lambda: says in str(app.screen.query_one("#banner", Static).render()), "the banner")
+        await settle(pilot)
+
+    return run_before
+
+
+def test_engine_gone_banner(picture_engine, snap_compare):
+    """Killed mid-run: red banner, 'engine gone', and r to restart in the footer."""
+    picture_engine.die()
+    app = live_app(picture_engine)
+    says = "The engine is not running. Last state: #0024 running"
+    assert snap_compare(app, terminal_size=(120, 40), run_before=banner(picture_engine, app, "gone", says))
+
+
+def test_engine_failed_banner(picture_engine, snap_compare):
+    """A fatal error: the engine wrote phase "error" and its reason, then exited."""
+    picture_engine.set_state(phase="error", phase_started_at=T0 + 20, error="GitError: could not commit: index.lock exists")
+    picture_engine.die()
+    app = live_app(picture_engine)
+    says = "Last error: GitError: could not commit: index.lock exists. Press r"
+    assert snap_compare(app, terminal_size=(120, 40), run_before=banner(picture_engine, app, "gone", says))
+
+
+def test_engine_silent_banner(picture_engine, snap_compare):
+    """Alive (it holds the lock) but no heartbeat for over a minute: a warning, not an error."""
+    picture_engine.set_state(heartbeat_at=T0 - 120, updated_at=T0 - 120)
+    app = live_app(picture_engine)
+    says = "no heartbeat since 07:58:00 (2m37s ago)"
+    assert snap_compare(app, terminal_size=(120, 40), run_before=banner(picture_engine, app, "stale", says))
+
+
+def test_run_stopped_banner(picture_engine, snap_compare):
+    picture_engine.set_state(phase="stopped", phase_started_at=T0 + 30)
+    picture_engine.release()
+    app = live_app(picture_engine)
+    says = "The run has stopped."
+    assert snap_compare(app, terminal_size=(120, 40), run_before=banner(picture_engine, app, "stopped", says))
+
+
+def test_paused_on_an_error(picture_engine, snap_compare):
+    """The engine paused itself: PAUSED in the top bar, the whole reason in the banner, p resumes."""
+    picture_engine.set_state(phase="paused", paused=True, phase_started_at=T0 + 20,
+                             error="the agent failed 3 times in a row: HTTP 529 overloaded (retry later)")
+    app = live_app(picture_engine)
+    says = "Paused on an error: the agent failed 3 times in a row: HTTP 529 overloaded (retry later). Press p"
+    assert snap_compare(app, terminal_size=(120, 40), run_before=banner(picture_engine, app, "running", says))
+
+
+def test_pause_requested(picture_engine, snap_compare):
+    """p was pressed: the loop holds after this experiment, and p now resumes."""
+    picture_engine.set_state(pause_requested=True)
+    app = live_app(picture_engine)
+
+    async def run_before(pilot) -> None:
+        await loaded(picture_engine, app)(pilot)
+        topbar = app.screen.query_one("#topbar", Static)
+        await wait_for(pilot, lambda: "pausing after this experiment" in str(topbar.render()), "the top bar")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
+
+
+def test_refused_command_notice(picture_engine, snap_compare):
+    """The engine's answer shows twice: in the top bar, and as a notification."""
+    picture_engine.refuse["keep"] = "experiment #0024 ended as crash: nothing to keep"
+    app = live_app(picture_engine)
+
+    async def run_before(pilot) -> None:
+        await loaded(picture_engine, app)(pilot)
+        await pilot.press("k", "y")
+        await wait_for(pilot, lambda: app.last_ack is not None, "the engine's answer")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
+
+
+# -- dialogs -------------------------------------------------------------------------------
+
+
+def dialog(engine, app, keys: tuple[str, ...], kind: type):
+    async def run_before(pilot) -> None:
+        await loaded(engine, app)(pilot)
+        await pilot.press(*keys)
+        await wait_for(pilot, lambda: isinstance(app.screen, kind), kind.__name__)
+        await settle(pilot)
+
+    return run_before
+
+
+@pytest.mark.parametrize("key", ["s", "k"], ids=["skip", "keep"])
+def test_confirm_dialog(picture_engine, snap_compare, key):
+    app = live_app(picture_engine)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=dialog(picture_engine, app, (key,), ConfirmModal))
+
+
+def test_note_dialog(picture_engine, snap_compare):
+    app = live_app(picture_engine)
+
+    async def run_before(pilot) -> None:
+        await dialog(picture_engine, app, ("n",), NoteModal)(pilot)
+        note = app.screen.query_one(Input)
+        note.cursor_blink = False  # a blinking cursor would make two pictures
+        await pilot.press(*"try a shorter warmup")
+        await wait_for(pilot, lambda: note.value == "try a shorter warmup", "the typed note")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
+
+
+def test_quit_dialog(picture_engine, snap_compare):
+    app = live_app(picture_engine)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=dialog(picture_engine, app, ("q",), QuitModal))
+
+
+def test_help_screen(picture_engine, snap_compare):
+    app = live_app(picture_engine)
+    assert snap_compare(app, terminal_size=(120, 40), run_before=dialog(picture_engine, app, ("question_mark",), HelpScreen))
+
+
+# -- history and one experiment ------------------------------------------------------------
 
 
 def test_history_screen(picture_engine, snap_compare):
