@@ -38,6 +38,22 @@ class Flight:
     keep: bool = False
 
 
+def _check_agent_may_run(config: Config, sb: sandbox.Sandbox) -> None:
+    """An LLM agent writes arbitrary code: without a sandbox it runs only by the user's choice.
+
+    The heuristic agent only edits numeric constants, so it may run unsandboxed (with a
+    warning); ``sandbox = "off"`` is the user's explicit acceptance for the others.
+    """
+    name = config.agent.effective_name()
+    if sb.enabled or config.loop.sandbox == "off" or name == "heuristic":
+        return
+    raise sandbox.SandboxError(
+        f"the {name} agent runs only inside a sandbox, and {sb.reason}: install bubblewrap "
+        '(package `bubblewrap` on Debian, Ubuntu and Fedora) or set sandbox = "off" under [loop] '
+        "in autoresearch.toml to run its code unconfined"
+    )
+
+
 class Session:
     def __init__(
         self,
@@ -67,6 +83,7 @@ class Session:
         self.budget = config.loop.effective_budget()
         self.timeout = config.loop.effective_timeout()
         self.sandbox = sandbox.detect(config.loop.sandbox)  # SandboxError (one line) before anything is written
+        _check_agent_may_run(config, self.sandbox)
 
         # Rebuilt from results.jsonl when the tag opens (engine/startup.py).
         self.wt: gitops.Worktree | None = None

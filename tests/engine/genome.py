@@ -134,6 +134,7 @@ class ScriptedAgent:
     set: {NAME: value}     edit constants of train.py
     write: {path: text}    write files in the worktree (any path)
     append: {path: text}   add text at the end of a file in the worktree
+    symlink: {path: target} replace a file in the worktree by a symbolic link
     error: message         raise AgentError (with transient: bool)
     sleep: seconds         think for a while first (for control commands)
     emit: [text, ...]      stream text
@@ -165,6 +166,9 @@ class ScriptedAgent:
         for rel, text in step.get("append", {}).items():
             with open(context.worktree / rel, "a") as f:
                 f.write(text)
+        for rel, target in step.get("symlink", {}).items():
+            (context.worktree / rel).unlink(missing_ok=True)
+            (context.worktree / rel).symlink_to(target)
         desc = step.get("desc") or ", ".join(f"{k}={v}" for k, v in step.get("set", {}).items()) or "scripted edit"
         return Proposal(hypothesis=f"Because the script says so: {desc}", description=desc, usage=usage)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +52,17 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert_usage_error(capsys, ["run", "--headless", "--repo", r], "malformed", repo)
     (repo / "autoresearch.toml").write_text("[loop]\nbudjet_seconds = 5\n")
     assert_usage_error(capsys, ["run", "--headless", "--repo", r], "unknown key", repo)
+    for line, expect in (('budget_seconds = "abc"', "must be a number"), ("hang_seconds = nan", "finite"),
+                         ("timeout_seconds = inf", "finite"), ('sandbox = "maybe"', "sandbox"),
+                         ("baseline_runs = 1.5", "whole number"), ('mutable = "train.py"', "list of strings")):
+        (repo / "autoresearch.toml").write_text(f"[loop]\n{line}\n")
+        assert_usage_error(capsys, ["run", "--headless", "--repo", r], expect, repo)
+    (repo / "autoresearch.toml").write_text("[agent]\ncommand = 3\n")
+    assert_usage_error(capsys, ["run", "--headless", "--repo", r], "must be a string", repo)
     git(repo, "checkout", "--", "autoresearch.toml")
     assert_usage_error(capsys, ["run", "--headless", "--repo", r, "--budget", "-1"], "budget", repo)
+    for bad in ("nan", "inf"):
+        assert_usage_error(capsys, ["run", "--headless", "--repo", r, "--budget", bad], "finite", repo)
     assert_usage_error(capsys, ["run", "--headless", "--repo", r, "--tag", "../up"], "bad tag", repo)
     assert_usage_error(capsys, ["run", "--headless", "--repo", r, "--agent", "claude"], "ANTHROPIC_API_KEY", repo)
     assert_usage_error(capsys, ["run", "--headless", "--repo", r, "--agent", "command"], "command", repo)
@@ -60,6 +70,32 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     git(repo, "rm", "-q", "--cached", "program.md")
     git(repo, "commit", "-q", "-m", "untrack program.md")
     assert_usage_error(capsys, ["run", "--headless", "--repo", r], "not committed", repo)
+
+
+def test_without_a_sandbox_llm_agents_refuse_and_the_heuristic_warns(repo, tmp_path):
+    """No bubblewrap on PATH: the command and claude agents run arbitrary code, so they
+    need sandbox = "off" to run; the heuristic (constants only) runs with a warning."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").symlink_to(shutil.which("git"))
+    env = {**os.environ, "PATH": str(bin_dir)}
+    cmd = [sys.executable, "-m", "autoresearch", "--repo", str(repo), "run", "--headless"]
+    refused = subprocess.run([*cmd, "--agent", "command", "--agent-command", "true"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and not (repo / ".autoresearch").exists()
+    assert len(refused.stderr.strip().splitlines()) == 1 and "bubblewrap" in refused.stderr, refused.stderr
+    assert 'sandbox = "off"' in refused.stderr
+    ran = subprocess.run([*cmd, "--agent", "heuristic", "--max-experiments", "1", "--tag", "h"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "UNSANDBOXED" in ran.stdout
+    record = json.loads((repo / ".autoresearch" / "h" / "results.jsonl").read_text().splitlines()[0])
+    assert record["sandbox"].startswith("off: bubblewrap not found")
+    (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text() + 'sandbox = "off"\n')
+    git(repo, "commit", "-qam", "sandbox off by choice")
+    chosen = subprocess.run([*cmd, "--agent", "command", "--agent-command", "true", "--max-experiments", "1",
+                             "--tag", "c"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
 
 
 def test_unknown_tag_and_missing_note_text(repo, capsys):
