@@ -120,11 +120,12 @@ class QuitModal(ModalScreen[str | None]):
         self.dismiss(choice)
 
 
+# At 80x24 the box leaves 74 columns (border, padding, scrollbar): lines fit in that.
 HELP_TEXT = """\
 Live screen
   p        pause after this experiment / resume
-  s        skip: stop the current run now, record it as skipped (asks first)
-  k        force-keep this experiment if it ends with a metric (asks first)
+  s        skip: stop this run now and record it as skipped (asks first)
+  k        force-keep this run if it ends with a metric (asks first)
   n        leave a note the agent reads in its next proposal
   h        history of every experiment
   d        the pending change full screen
@@ -142,7 +143,7 @@ History
   /        search descriptions, hypotheses and commits
   escape   back
 
-Every command shows the engine's answer: accepted, or refused with a reason.
+Every command shows the engine's answer: accepted, or refused and why.
 """
 
 

@@ -121,7 +121,7 @@ class HypothesisPane(Widget):
         elif isinstance(since, (int, float)) and phase not in ("stopped",):
             line.append(f"for {fmt.duration(max(0.0, now - since))}", style="dim")
         if view.pause_requested and phase != "paused":
-            line.append("  pause requested", style=style("$warning"))  # the top bar says more
+            line.append("  pause requested", style=style("$warning"))
         if state.get("stop_requested") and phase != "stopped":
             line.append("  stop requested", style=style("$error"))
         if state.get("error"):

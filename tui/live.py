@@ -142,8 +142,8 @@ class LiveScreen(Screen):
         out.append(mark[0], style=style(mark[1]))
         if view.paused:
             out.append(" · PAUSED", style=style("bold $warning"))
-        elif view.pause_requested:
-            out.append(" · pausing after this experiment", style=style("$warning"))
+        elif view.pause_requested and engine in ("running", "stale"):
+            out.append(" · pausing", style=style("$warning"))  # after this experiment
         if polling:
             out.append(" · polling", style="dim")
         if ack is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from textual.widgets import Input, Static
 
 from tests.tui.conftest import FixedSampler, fixed_clock, wait_for
@@ -174,7 +173,7 @@ def test_pause_requested(picture_engine, snap_compare):
     async def run_before(pilot) -> None:
         await loaded(picture_engine, app)(pilot)
         topbar = app.screen.query_one("#topbar", Static)
-        await wait_for(pilot, lambda: "pausing after this experiment" in str(topbar.render()), "the top bar")
+        await wait_for(pilot, lambda: "engine running · pausing" in str(topbar.render()), "the top bar")
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
@@ -232,9 +231,11 @@ def test_quit_dialog(picture_engine, snap_compare):
     assert snap_compare(app, terminal_size=(120, 40), run_before=dialog(picture_engine, app, ("q",), QuitModal))
 
 
-def test_help_screen(picture_engine, snap_compare):
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["wide", "compact"])
+def test_help_screen(picture_engine, snap_compare, size):
+    """At 80x24 the keys scroll, and no line wraps."""
     app = live_app(picture_engine)
-    assert snap_compare(app, terminal_size=(120, 40), run_before=dialog(picture_engine, app, ("question_mark",), HelpScreen))
+    assert snap_compare(app, terminal_size=size, run_before=dialog(picture_engine, app, ("question_mark",), HelpScreen))
 
 
 # -- history and one experiment ------------------------------------------------------------
