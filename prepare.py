@@ -74,7 +74,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 VOCAB_SIZE = 256  # byte-level tokens
 MAX_SEQ_LEN = 512  # longest context the scorer will feed a model
 VAL_BYTES = 16384  # validation target bytes scored per slice (decision slice, holdout slice)
-VAL_SEGMENTS = 8  # each slice is this many pieces of the validation split, scored separately
+VAL_SEGMENTS = 32  # each slice is this many pieces of the validation split (512 bytes: one window
+# of MAX_SEQ_LEN), scored separately; a request holds one window of each piece, so more pieces
+# mean fewer, larger requests
 VAL_PERCENT = 3  # --source: share of files (by stable path hash) that go to validation
 STDLIB_VAL_PERCENT = 5  # stdlib: share of test-suite files that go to validation (~1 MB)
 TEST_SUITE_DIRS = ("test", "tests", "idle_test")  # stdlib validation files live under these
@@ -790,19 +792,19 @@ def evaluate(train: Path, checkpoint: Path, server_cmd: list[str] | None = None,
              timeout: float = RESPONSE_TIMEOUT) -> dict:
     """Score a checkpoint through two model servers. Raises EvalError/CacheError."""
     t0 = time.monotonic()
-    root = cache_dir()
-    manifest, manifest_sha = _read_manifest(root)
-    _read_artifact(root, manifest, "train.bin")  # a run that touched train.bin is refused too
-    val = np.frombuffer(_read_artifact(root, manifest, "val.bin"), dtype=np.uint8)
     argv = server_cmd or default_server_cmd(train, checkpoint)
 
-    # S (scoring) loads the model at once. P (probe) starts now too, so that its start-up
-    # (importing torch) overlaps the scoring run, but it gets its GO, and so runs any code
-    # of train.py's, only after S has exited: nothing S saw can reach P in memory.
+    # Both servers start now: importing torch takes seconds, while we verify the cache. S
+    # (scoring) then gets its GO and loads the model. P (probe) gets its GO, and so runs
+    # any code of train.py's, only after S has exited: nothing S saw can reach P in memory.
     scoring = ModelServer(argv, "scoring", timeout)
     probing = None
     try:
         probing = ModelServer(argv, "probe", timeout)
+        root = cache_dir()
+        manifest, manifest_sha = _read_manifest(root)
+        _read_artifact(root, manifest, "train.bin")  # a run that touched train.bin is refused too
+        val = np.frombuffer(_read_artifact(root, manifest, "val.bin"), dtype=np.uint8)
         context, num_params = scoring.start()
         if context < 2:
             raise EvalError(f"model.seq_len must be at least 2, not {context}")
@@ -1019,7 +1021,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--train", required=True)
             p.add_argument("--checkpoint", required=True)
             args = p.parse_args(argv[1:])
-            return serve_model(args.train, args.checkpoint)
+            code = serve_model(args.train, args.checkpoint)
+            # Skip the interpreter's teardown (most of a second with torch loaded): the scorer
+            # waits for the scoring server to exit before it starts the probe server.
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(code)
         p = argparse.ArgumentParser(prog="prepare.py", description="build the data cache (offline)")
         p.add_argument("--source", metavar="PATH", help="a text file or a directory of text files")
         p.add_argument("--force", action="store_true", help="rebuild even if the cache verifies")

@@ -58,7 +58,7 @@ def test_three_second_run_then_isolated_evaluation_matches_a_reference(cache, tm
         assert key in values, key
     assert float(values["training_seconds"]) >= 3.0
     assert int(values["num_steps"]) >= 2
-    assert "mfu_percent" not in values  # CUDA only
+    assert ("mfu_percent" in values) == (prepare.DEVICE == "cuda")  # MFU is measured on CUDA only
     ckpt = work / "ckpt" / "model.pt"
     assert ckpt.is_file()
 
@@ -136,15 +136,14 @@ def test_bad_checkpoint_fails_evaluation_clearly(cache, tmp_path):
 
 
 def test_prepare_imports_torch_only_for_the_device(monkeypatch):
-    code = (
-        "import sys, prepare; before = 'torch' in sys.modules; budget = prepare.TIME_BUDGET;"
-        "print(before, budget, 'torch' in sys.modules, prepare.DEVICE, 'torch' in sys.modules)"
-    )
+    """The scorer must start fast: importing prepare and reading the budget needs no torch."""
+    code = "import sys, prepare; budget = prepare.TIME_BUDGET; print(budget, 'torch' in sys.modules)"
     env = dict(os.environ, AUTORESEARCH_TIME_BUDGET="7")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.stdout.split() == ["False", "7.0", "False", "cpu", "True"], result.stderr
+    assert result.stdout.split() == ["7.0", "False"], result.stderr
+    assert prepare.DEVICE in ("cpu", "cuda", "mps")  # train.py's prepare.DEVICE, computed on first use
     monkeypatch.delenv("AUTORESEARCH_TIME_BUDGET", raising=False)
-    assert prepare._time_budget() == 60.0  # by hand, on a CPU
+    assert prepare._time_budget() == (300.0 if prepare.DEVICE == "cuda" else 60.0)  # by hand
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "soon")
     with pytest.raises(SystemExit, match="number of seconds"):
         prepare._time_budget()
