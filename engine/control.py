@@ -5,7 +5,10 @@ Reply, one line:     {"ok": true,  "result": "accepted", "message": str}
                  or  {"ok": false, "result": "refused",  "reason": str}
 
 The server runs in a daemon thread and hands each request to a callback; the engine
-owns the meaning of each command. ``send_command`` is the client used by
+owns the meaning of each command. Every connection gets a reply or is cut off: a request
+that is not JSON, is nested too deeply or is too large is refused; one not complete
+within REQUEST_DEADLINE_S of being accepted is refused and closed; at most MAX_HANDLERS
+connections are served at once and the rest wait in the kernel's listen queue. ``send_command`` is the client used by
 ``autoresearch ctl`` and by the monitor (from a worker thread, never the UI thread).
 """
 
@@ -16,12 +19,16 @@ import os
 import socket
 import stat
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 COMMANDS = ("pause", "resume", "skip", "keep", "stop", "note", "ping")
 MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_DEADLINE_S = 5.0  # the whole request, from accept() to its newline: no slow trickle holds a handler
+MAX_HANDLERS = 16  # connections served at once; more wait, unaccepted, in the listen queue
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 # sun_path holds 108 bytes on Linux; longer paths are reached through /proc/self/fd.
 _SUN_PATH_MAX = 100
 
@@ -58,9 +65,11 @@ class ControlServer:
     def __init__(self, path: Path, handler: Callable[[dict[str, Any]], dict[str, Any]]):
         self.path = Path(path)
         self.handler = handler
+        self.deadline = REQUEST_DEADLINE_S
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
 
     def start(self) -> None:
         try:
@@ -75,7 +84,8 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
-        sock.listen(8)
+        # A deep queue: a burst of clients waits here instead of being refused by the kernel.
+        sock.listen(max(LISTEN_BACKLOG, socket.SOMAXCONN))
         sock.settimeout(0.5)
         self._sock = sock
         self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
@@ -84,34 +94,67 @@ class ControlServer:
     def _serve(self) -> None:
         assert self._sock is not None
         while not self._closing.is_set():
+            # Accept only when a handler is free; until then clients wait in the listen queue.
+            if not self._slots.acquire(timeout=0.5):
+                continue
             try:
                 conn, _ = self._sock.accept()
             except socket.timeout:
+                self._slots.release()
                 continue
             except OSError:
+                self._slots.release()
                 break
-            threading.Thread(target=self._handle_conn, args=(conn,), daemon=True).start()
+            try:
+                threading.Thread(target=self._handle_conn, args=(conn,), name="control-conn", daemon=True).start()
+            except RuntimeError:  # no thread to be had: this one client is dropped, the server goes on
+                self._slots.release()
+                conn.close()
 
     def _handle_conn(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            try:
-                buf = b""
-                while b"\n" not in buf and len(buf) < MAX_REQUEST_BYTES:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    buf += chunk
-                line = buf.split(b"\n", 1)[0]
-                reply = self._answer(line)
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                return
+        deadline = time.monotonic() + self.deadline
+        try:
+            with conn:
+                try:
+                    reply = self._answer(self._read_request(conn, deadline))
+                except TimeoutError:
+                    reply = refused(f"request not complete within {self.deadline:g} s")
+                try:
+                    data = json.dumps(reply).encode() + b"\n"
+                except (TypeError, ValueError) as e:
+                    data = json.dumps(refused(f"engine error: unserializable reply ({e})")).encode() + b"\n"
+                conn.settimeout(max(deadline - time.monotonic(), 1.0))
+                conn.sendall(data)
+        except Exception:  # the client went away, or worse: drop this connection, keep serving
+            pass
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _read_request(conn: socket.socket, deadline: float) -> bytes:
+        """The request line, or up to MAX_REQUEST_BYTES + 1 bytes of it. TimeoutError past ``deadline``."""
+        buf = bytearray()
+        while len(buf) <= MAX_REQUEST_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            conn.settimeout(remaining)
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            buf += chunk
+            if b"\n" in chunk:
+                break
+        return bytes(buf).split(b"\n", 1)[0]
 
     def _answer(self, line: bytes) -> dict[str, Any]:
+        if len(line) > MAX_REQUEST_BYTES:
+            return refused(f"request larger than {MAX_REQUEST_BYTES} bytes")
         try:
             request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except RecursionError:
+            return refused("request is nested too deeply")
+        except Exception:  # ValueError, UnicodeDecodeError, or whatever else json raises
             return refused("request is not valid JSON")
         if not isinstance(request, dict) or request.get("cmd") not in COMMANDS:
             return refused(f"unknown command; expected one of {', '.join(COMMANDS)}")
