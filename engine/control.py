@@ -5,11 +5,13 @@ Reply, one line:     {"ok": true,  "result": "accepted", "message": str}
                  or  {"ok": false, "result": "refused",  "reason": str}
 
 The server runs in a daemon thread and hands each request to a callback; the engine
-owns the meaning of each command. Every connection gets a reply or is cut off: a request
-that is not JSON, is nested too deeply or is too large is refused; one not complete
-within REQUEST_DEADLINE_S of being accepted is refused and closed; at most MAX_HANDLERS
-connections are served at once and the rest wait in the kernel's listen queue. ``send_command`` is the client used by
+owns the meaning of each command. ``send_command`` is the client used by
 ``autoresearch ctl`` and by the monitor (from a worker thread, never the UI thread).
+
+Every connection gets a reply or is cut off: a request that is not JSON, is nested too
+deeply or is too large is refused; one not complete within REQUEST_DEADLINE_S of being
+accepted is refused and closed; at most MAX_HANDLERS connections are served at once and
+the rest wait in the kernel's listen queue.
 """
 
 from __future__ import annotations
