@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the monitor in a browser (bound to 127.0.0.1)")
     _common(p)
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback is exposed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback needs --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true", help="serve on a non-loopback --host (token-protected, plain HTTP)")
     return parser
 
 

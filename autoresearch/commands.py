@@ -82,7 +82,8 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
     if not 0 < port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, not {port}")
     repo = find_repo_root(args.repo)
-    return serve_monitor(repo, resolve_tag(repo, getattr(args, "tag", None)), args.host or "127.0.0.1", port)
+    return serve_monitor(repo, resolve_tag(repo, getattr(args, "tag", None)), args.host or "127.0.0.1", port,
+                         allow_remote=bool(getattr(args, "allow_remote", False)))
 
 
 # --- run ------------------------------------------------------------------------------------
