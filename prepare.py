@@ -30,11 +30,13 @@ that writes the score:
   pipe, in a small fixed binary framing (no pickle anywhere).
 
 Two servers take part in every evaluation: one sees only the scoring windows,
-in order; a second, started fresh after the first has exited, sees only probe
-rows (scored windows with random bytes from a random cut onward). Each probe's
-log-probabilities before its cut must equal the scoring run's, so a model that
-reads ahead, or whose answers depend on other rows or earlier requests, is
-refused. See "the causality probe" below for the numbers.
+in order; a second, which runs none of train.py's code until the first has
+exited, sees only probe rows (scored windows with random bytes from a random cut
+onward). Each probe's log-probabilities before its cut must equal the scoring
+run's, so a model that reads ahead, or whose answers depend on other rows or
+earlier requests, is refused. See "the causality probe" below for the numbers.
+This holds only if the first server cannot leave notes for the second: a sandbox
+should give each server its own empty scratch space and the checkpoint read-only.
 
 Metric: val_bpb = total nats over every scored validation byte / (ln 2 * bytes).
 """
@@ -85,21 +87,22 @@ MIN_TRAIN_BYTES = 2 * MAX_SEQ_LEN + 2  # smallest training split a loader can sa
 MANIFEST_FORMAT = 2  # 2: test-suite-only stdlib validation, "hidden" paths, holdout slice
 FIX = "run `autoresearch prepare --force` (or `python prepare.py --force`) to rebuild it"
 
-# The causality probe (measured on a 2-core CPU with the baseline and small GPTs, and on
-# an H100; see bench/scorer_overhead.py):
+# The causality probe (figures from bench/scorer_overhead.py, baseline model, context 128):
 # - PROBE_ROWS rows per evaluation. Each probe cuts one scored position chosen uniformly at
 #   random, so a model that reads ahead at a fraction p of the scored positions escapes one
 #   evaluation with probability (1 - p) ** PROBE_ROWS: 7.6% at p = 1%, 0.6% at p = 2%,
-#   3e-6 at p = 5% (and a keep needs a second, confirming run). 256 rows cost about as many
-#   forward rows as scoring both slices at context 128, and the probe server's start-up is
-#   hidden behind the scoring run: +0.3 s on the 2-core CPU for the baseline model.
+#   2e-6 at p = 5%, and a keep also needs its confirming run to escape. The cost is one
+#   forward row of the model's context per probe: the probing phase took 1.5 s on a busy
+#   2-core CPU (0.7 s with 128 rows, 2.8 s with 512) and 0.8 s on an H100 (1.1 s with 512).
+#   256 is where doubling again would double the CPU cost for a 1% peeker caught 99.4%
+#   instead of 92.4% of the time.
 # - PROBE_TOLERANCE is the largest difference allowed between a probe's log-probabilities
-#   and the scoring run's before the cut. Honest models give bitwise-equal answers for
-#   equal rows in equal-shaped batches (measured max difference 0.0 on CPU and on an H100,
-#   float32 and bf16 autocast); 1e-4 leaves margin for kernels that differ in the last bits.
-#   A model can hide at most that much look-ahead: it could move a byte's log-probability
-#   by at most 1e-4 nats, i.e. gain at most 1.4e-4 bits per byte, 7x below the engine's
-#   default min_delta of 0.001.
+#   and the scoring run's before the cut. Honest models gave bitwise-equal answers for
+#   equal rows in equal-shaped batches: max difference 0.0 on the CPU and on an H100, in
+#   float32, under bf16 autocast, with TF32 and cudnn.benchmark, at context 128 and 512.
+#   1e-4 leaves room for kernels that differ in the last bits. Look-ahead hidden under it
+#   moves a log-probability by at most 1e-4 nats: a gain of at most 1.4e-4 bits per byte,
+#   7x below the engine's default min_delta of 0.001.
 PROBE_ROWS = 256
 PROBE_TOLERANCE = 1e-4
 
@@ -199,14 +202,22 @@ def _stdlib_files(root: Path) -> list[tuple[str, Path]]:
     return [(p.relative_to(root).as_posix(), p) for p in paths]
 
 
-# Run in a child process at build time: which files do `import torch, numpy`, prepare and
-# train.py load? Those must stay visible to training and serving, so never validation.
+# Run in a child process at build time (train.py's code never runs in the builder): which
+# files do `import torch, numpy`, prepare and train.py load, and torch.load and torch.compile
+# later? Those must stay visible to training and serving, so never validation.
 _IMPORTED_FILES_PROBE = """
-import json, sys
+import io, json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy, torch, prepare
+for name in ("train", "torch._dynamo", "torch._inductor.compile_fx"):
+    try:
+        __import__(name)
+    except BaseException:
+        pass
 try:
-    import train
+    buffer = io.BytesIO()
+    torch.save({"x": torch.zeros(1)}, buffer)
+    torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
 except BaseException:
     pass
 files = sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())} - {""})
@@ -236,7 +247,7 @@ def _imported_files() -> set[Path]:
     return {Path(f).resolve() for f in found if f}
 
 
-def _stdlib_plan(root: Path, imported: set[Path]) -> tuple[list[tuple[str, Path, bool]], str]:
+def _stdlib_plan(root: Path, imported=None) -> tuple[list[tuple[str, Path, bool]], str]:
     """Every stdlib source as (relative name, path, goes to validation), and the rule used.
 
     The sandbox shows training and serving the standard library read-only (Python needs
@@ -244,28 +255,23 @@ def _stdlib_plan(root: Path, imported: set[Path]) -> tuple[list[tuple[str, Path,
     run imports: test-suite files (under a directory named test, tests or idle_test),
     a stable STDLIB_VAL_PERCENT of them. A Python shipped without (enough of) its test
     suite falls back to any file, never one of the modules imported by torch, numpy,
-    prepare or train.py.
+    prepare or train.py: `imported()` lists those (it takes seconds, so only then).
     """
     files = _stdlib_files(root)
-    imported_rule = "never a module imported by `import torch, numpy`, prepare or train.py"
-
-    def pick(eligible) -> list[tuple[str, Path, bool]]:
-        return [
-            (rel, path, eligible(rel) and _is_val(rel, STDLIB_VAL_PERCENT) and path.resolve() not in imported)
-            for rel, path in files
-        ]
-
-    plan = pick(_in_test_suite)
-    rule = (
-        f"test-suite files (a directory named {', '.join(TEST_SUITE_DIRS)}) with "
-        f"sha256(relative path) % 100 < {STDLIB_VAL_PERCENT}; {imported_rule}"
-    )
-    if sum(path.stat().st_size for _, path, val in plan if val) < MIN_STDLIB_VAL_BYTES:
-        plan = pick(lambda rel: True)
+    plan = [(rel, path, _in_test_suite(rel) and _is_val(rel, STDLIB_VAL_PERCENT)) for rel, path in files]
+    if sum(path.stat().st_size for _, path, val in plan if val) >= MIN_STDLIB_VAL_BYTES:
         rule = (
-            f"fallback (this Python has too little of its test suite): any file with "
-            f"sha256(relative path) % 100 < {STDLIB_VAL_PERCENT}; {imported_rule}"
+            f"test-suite files (under a directory named {', '.join(TEST_SUITE_DIRS)}) with "
+            f"sha256(relative path) % 100 < {STDLIB_VAL_PERCENT}"
         )
+        return plan, rule
+    keep_out = (imported or _imported_files)()
+    plan = [(rel, path, _is_val(rel, STDLIB_VAL_PERCENT) and path.resolve() not in keep_out) for rel, path in files]
+    rule = (
+        f"fallback (this Python has too little of its test suite): any file with sha256(relative path) "
+        f"% 100 < {STDLIB_VAL_PERCENT}, never a module imported by `import torch, numpy`, prepare, "
+        "train.py, torch.load or torch.compile"
+    )
     return plan, rule
 
 
@@ -289,7 +295,7 @@ def _hidden_paths(val_files: list[Path]) -> list[str]:
 def _stdlib_documents():
     """(relative name, path or bytes, goes to validation) for the stdlib, the rule, hidden paths."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    plan, rule = _stdlib_plan(root, _imported_files())
+    plan, rule = _stdlib_plan(root)
     docs = list(plan)
     try:
         from pydoc_data.topics import topics
@@ -499,6 +505,7 @@ def _read_manifest(root: Path) -> tuple[dict, str]:
         ok = (
             manifest.get("checksum") == _manifest_checksum(manifest)
             and set(manifest["artifacts"]) == {"train.bin", "val.bin"}
+            and all(isinstance(a["sha256"], str) for a in manifest["artifacts"].values())
             and isinstance(manifest["hidden"], list)
             and all(isinstance(p, str) for p in manifest["hidden"])
         )
@@ -516,7 +523,7 @@ def _read_artifact(root: Path, manifest: dict, name: str) -> bytes:
         data = path.read_bytes()
     except FileNotFoundError:
         raise CacheError(f"cache artifact {path} is missing: {FIX}") from None
-    if hashlib.sha256(data).hexdigest() != manifest["artifacts"][name].get("sha256"):
+    if hashlib.sha256(data).hexdigest() != manifest["artifacts"][name]["sha256"]:
         raise CacheError(f"cache artifact {path} does not match manifest.json (tampered or corrupt): {FIX}")
     return data
 
@@ -633,6 +640,20 @@ def _printable(raw: bytes, limit: int = 500) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 
 
+def _die_with_parent():
+    """On Linux, a function for the child that has the kernel kill it if the scorer dies
+    (even by SIGKILL), so that a server stuck in train.py's code never runs on alone."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+
+
 class ModelServer:
     """One untrusted model server, spoken to only through the framed protocol.
 
@@ -645,7 +666,8 @@ class ModelServer:
         try:
             # Own session: the scorer can kill the server and whatever it started. Its
             # stderr is ours (the log); its stdin and stdout are the protocol.
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+                                         preexec_fn=_die_with_parent())
         except OSError as e:
             raise EvalError(f"could not start the model server {argv[0]!r}: {e}") from None
         self.wfd, self.rfd = self.proc.stdin.fileno(), self.proc.stdout.fileno()
@@ -654,6 +676,13 @@ class ModelServer:
     def _fail(self, why: str):
         self.kill()
         raise EvalError(f"the {self.role} model server {why}")
+
+    def _gone(self):
+        try:
+            self.proc.wait(timeout=1)  # for its exit status
+        except subprocess.TimeoutExpired:
+            pass
+        self._fail(f"exited early (exit status {self.proc.returncode}; its log is above)")
 
     def _write(self, data: bytes) -> None:
         view, deadline = memoryview(data), time.monotonic() + self.timeout
@@ -665,9 +694,8 @@ class ModelServer:
                 view = view[os.write(self.wfd, view) :]
             except BlockingIOError:
                 continue
-            except (BrokenPipeError, OSError):
-                self.proc.wait()
-                self._fail(f"exited early (exit status {self.proc.returncode}; its log is above)")
+            except OSError:  # a broken pipe: it has closed its input
+                self._gone()
 
     def _read(self, n: int, deadline: float) -> bytes:
         buf, got = bytearray(n), 0
@@ -677,11 +705,7 @@ class ModelServer:
                 self._fail(f"did not answer within {self.timeout:g} s")
             chunk = os.read(self.rfd, min(n - got, 1 << 20))
             if not chunk:
-                try:
-                    self.proc.wait(timeout=1)  # for its exit status
-                except subprocess.TimeoutExpired:
-                    pass
-                self._fail(f"exited early (exit status {self.proc.returncode}; its log is above)")
+                self._gone()
             buf[got : got + len(chunk)] = chunk
             got += len(chunk)
         return bytes(buf)

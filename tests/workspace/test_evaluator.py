@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,29 @@ def test_bad_server_command_is_a_usage_error(cache, paths):
         assert result.returncode == 2 and "--server-cmd" in result.stderr
     result = run_evaluate(train_py, ckpt, out, "--server-cmd", json.dumps(["/nonexistent/server"]))
     assert result.returncode == 1 and "could not start the model server" in result.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_servers_die_with_the_scorer_even_when_it_is_killed(cache, paths):
+    import psutil
+
+    train_py, ckpt, out = paths
+    scorer = subprocess.Popen(
+        [sys.executable, str(ROOT / "prepare.py"), "evaluate", "--train", str(train_py), "--checkpoint", str(ckpt),
+         "--out", str(out), "--server-cmd", fake_cmd("hang"), "--timeout", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        servers = []
+        for _ in range(200):
+            servers = psutil.Process(scorer.pid).children()
+            if len(servers) == 2:
+                break
+            time.sleep(0.05)
+        assert len(servers) == 2
+        time.sleep(0.5)  # the scoring server is now stuck in its first request
+    finally:
+        scorer.kill()
+        scorer.wait()
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    assert not alive
