@@ -13,12 +13,25 @@ import secrets
 
 # CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and other two-byte ESC sequences.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-# C0 and C1 controls except newline and tab; also Unicode bidi overrides that hide text.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls except newline and tab; Unicode bidi controls that reorder text
+# (embeddings, overrides, isolates, marks); invisible characters that can hide text from
+# a reader while a model still reads it: zero-width spaces and joiners, the word joiner
+# and invisible operators, the BOM, the soft hyphen, interlinear annotation marks,
+# variation selectors (which can carry a hidden byte each) and the Unicode tag block
+# (invisible copies of ASCII).
+_CONTROL = re.compile(
+    "["
+    "\x00-\x08\x0b-\x1f\x7f-\x9f"
+    "\u00ad\u061c\u180e"
+    "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufe00-\ufe0f\ufeff\ufff9-\ufffb"
+    "\U000e0000-\U000e007f\U000e0100-\U000e01ef"
+    "]"
+)
 
 
 def strip_control(text: str) -> str:
-    """Remove ANSI escape sequences and control characters; resolve bare ``\\r``."""
+    """Remove ANSI escape sequences, control, bidi and invisible characters; resolve bare ``\\r``."""
     text = _ANSI.sub("", text)
     # A carriage return rewrites its line: keep what the terminal would have shown last.
     lines = []
