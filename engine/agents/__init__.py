@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from .base import Agent, AgentError, Proposal, ProposalContext, Usage
+from .base import Agent, AgentError, CostCapReached, Proposal, ProposalCancelled, ProposalContext, Usage
 
-__all__ = ["Agent", "AgentError", "Proposal", "ProposalContext", "Usage", "make_agent"]
+__all__ = [
+    "Agent",
+    "AgentError",
+    "CostCapReached",
+    "Proposal",
+    "ProposalCancelled",
+    "ProposalContext",
+    "Usage",
+    "make_agent",
+]
 
 
 def make_agent(config) -> Agent:

@@ -7,6 +7,7 @@ and returns a Proposal. The engine, not the agent, commits, runs, measures and r
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -28,6 +29,18 @@ class ProposalContext:
     seed: int = 0
     # Stream agent text as it arrives (the engine writes it to events.jsonl).
     emit: Callable[[str], None] = field(default=lambda text: None)
+    # US dollars this proposal may still spend: the run's max_cost minus what the run
+    # has spent so far; None when there is no cap (or a person resumed past it). An agent
+    # that pays per request stops before a request that could pass it (CostCapReached).
+    budget_usd: float | None = None
+    # Set by the engine when it abandons the proposal (stop, shutdown). The agent then
+    # stops promptly and touches nothing more: the command agent kills its process group,
+    # the Claude agent makes no further request and runs no further tool.
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # Called with the process group id of a running agent process when it starts, and
+    # with None once that group is gone, so the engine can record it and a restarted
+    # engine can reap what a killed one left behind (command.reap_stale_group).
+    on_process_group: Callable[[int | None], None] = field(default=lambda pgid: None)
 
     def read(self, relpath: str) -> str:
         return (self.worktree / relpath).read_text(encoding="utf-8")
@@ -69,6 +82,16 @@ class AgentError(Exception):
         super().__init__(message)
         self.transient = transient
         self.usage = usage or Usage()
+
+
+class CostCapReached(AgentError):
+    """The proposal stopped because its next API request could pass the cost cap
+    (``ProposalContext.budget_usd``). Not transient: the engine pauses at its cost cap
+    instead of retrying; ``usage`` holds what the proposal spent before it stopped."""
+
+
+class ProposalCancelled(AgentError):
+    """The engine cancelled the proposal (``ProposalContext.cancel``); nothing more runs."""
 
 
 class Agent(Protocol):
