@@ -92,10 +92,10 @@ FIX = "run `autoresearch prepare --force` (or `python prepare.py --force`) to re
 #   random, so a model that reads ahead at a fraction p of the scored positions escapes one
 #   evaluation with probability (1 - p) ** PROBE_ROWS: 7.6% at p = 1%, 0.6% at p = 2%,
 #   2e-6 at p = 5%, and a keep also needs its confirming run to escape. The cost is one
-#   forward row of the model's context per probe: the probing phase took 1.5 s on a busy
-#   2-core CPU (0.7 s with 128 rows, 2.8 s with 512) and 0.8 s on an H100 (1.1 s with 512).
-#   256 is where doubling again would double the CPU cost for a 1% peeker caught 99.4%
-#   instead of 92.4% of the time.
+#   forward row of the model's context per probe: the probing phase took 1.0 s on a shared
+#   2-core CPU (0.6 s with 128 rows, 2.3 s with 512; scoring the decision slice, 0.5 s) and
+#   0.8 s on an H100 (1.1 s with 512). Doubling to 512 would more than double the CPU cost
+#   to catch a 1% peeker 99.4% instead of 92.4% of the time.
 # - PROBE_TOLERANCE is the largest difference allowed between a probe's log-probabilities
 #   and the scoring run's before the cut. Honest models gave bitwise-equal answers for
 #   equal rows in equal-shaped batches: max difference 0.0 on the CPU and on an H100, in
