@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import sys
 import typing
@@ -63,6 +64,8 @@ class LoopConfig:
     max_experiments: int | None = None  # None: run until stopped
     seed: int = 0
     sandbox: str = "auto"  # "auto": bubblewrap when it works here; "bwrap": required; "off": none
+    min_free_gb: float = 1.0  # the loop pauses before an experiment when less disk is free in the run directory
+    max_failures_in_a_row: int = 5  # experiments that crash, time out, hang, run out of memory or NaN: then pause
 
     def effective_budget(self) -> float:
         if self.budget_seconds is not None:
@@ -94,6 +97,10 @@ class AgentConfig:
     max_cost: float | None = None  # USD for the whole run; the loop pauses when reached
     command: str | None = None  # for name = "command": the agent CLI, run through the shell
     command_timeout: float = 900.0
+    # For name = "command": the environment variables the agent CLI gets. None (the
+    # default): the engine's whole environment. A list: only these, plus PATH, HOME,
+    # LANG and TERM (and the AUTORESEARCH_* variables the engine sets).
+    env: list[str] | None = None
     prices: dict[str, list[float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     def effective_name(self) -> str:
@@ -103,6 +110,7 @@ class AgentConfig:
 
 
 AGENT_NAMES = ("heuristic", "claude", "command")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass
@@ -187,6 +195,10 @@ def validate(config: Config) -> None:
         raise ConfigError("timeout must be a positive number of seconds")
     if loop.sandbox not in ("auto", "bwrap", "off"):
         raise ConfigError(f'{CONFIG_FILENAME}: [loop] sandbox must be "auto", "bwrap" or "off", not {loop.sandbox!r}')
+    if loop.min_free_gb < 0:
+        raise ConfigError("min_free_gb must not be negative")
+    if loop.max_failures_in_a_row < 1:
+        raise ConfigError("max_failures_in_a_row must be at least 1")
     if loop.startup_seconds is not None and loop.startup_seconds < 0:
         raise ConfigError("startup_seconds must not be negative")
     if loop.hang_seconds <= 0:
@@ -217,6 +229,9 @@ def validate(config: Config) -> None:
     for name in ("request_timeout", "command_timeout"):
         if getattr(agent, name) <= 0:
             raise ConfigError(f"[agent] {name} must be a positive number of seconds")
+    for var in agent.env or []:
+        if not _ENV_NAME.fullmatch(var):
+            raise ConfigError(f"[agent] env must list environment variable names, not {var[:60]!r}")
 
 
 def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Config:

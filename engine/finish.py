@@ -33,8 +33,7 @@ def finish(s: Session, draft: Result, outcome: Outcome, timings: dict[str, float
     best_before = s.standing.best
     if status == "ok" and draft.baseline:
         status = "baseline"
-        previous = [r.metric for r in s.results if r.status == "baseline" and r.scored]
-        b = estimate_baseline(previous + [outcome.metric])
+        b = estimate_baseline(s.standing.series_metrics(s.budget) + [outcome.metric])
         draft.noise = b.noise
         if best_before:
             draft.delta = outcome.metric - best_before.metric

@@ -30,23 +30,34 @@ def tsv_row(r: Result) -> str:
     return f"{commit}\t{val}\t{mem_gb}\t{r.status}\t{desc}\n"
 
 
+class JournalError(Exception):
+    """A result could not be recorded (a full disk, a read-only file system)."""
+
+
 class Journal:
+    """Writes the run directory. A result that cannot be written is an error (JournalError);
+    events and the state snapshot are best-effort: when they fail (a full disk), the
+    failure is kept in ``write_error`` for the loop to pause on, and nothing is raised."""
+
     def __init__(self, rd: RunDir):
         self.rd = rd
         self._lock = threading.RLock()
         self.state = State()
         self._last_heartbeat = 0.0
+        self.write_error: str | None = None
 
     # --- start-up ---------------------------------------------------------------
 
     def open(self) -> list[Result]:
         """Repair truncated lines, rebuild the TSV, load the previous state; return results."""
-        self.rd.root.mkdir(parents=True, exist_ok=True)
-        self.rd.experiments.mkdir(exist_ok=True)
+        self.rd.experiments.mkdir(parents=True, exist_ok=True)
         rundir.repair_jsonl(self.rd.results_jsonl)
         rundir.repair_jsonl(self.rd.events_jsonl)
         results = self.rd.read_results()
-        rundir.atomic_write_text(self.rd.results_tsv, TSV_HEADER + "".join(tsv_row(r) for r in results))
+        try:  # derived from results.jsonl: a full disk must not stop a restart
+            rundir.atomic_write_text(self.rd.results_tsv, TSV_HEADER + "".join(tsv_row(r) for r in results))
+        except OSError as e:
+            self.write_error = f"could not rebuild results.tsv: {e.strerror or e}"
         self.state = self.rd.read_state()
         return results
 
@@ -54,21 +65,35 @@ class Journal:
 
     def append_result(self, result: Result) -> None:
         with self._lock:
-            rundir.append_jsonl(self.rd.results_jsonl, result.to_dict())
-            with open(self.rd.results_tsv, "a", encoding="utf-8") as f:
-                f.write(tsv_row(result))
+            try:
+                rundir.append_jsonl(self.rd.results_jsonl, result.to_dict())
+            except OSError as e:
+                raise JournalError(f"could not record experiment #{result.n:04d} in {self.rd.results_jsonl}: "
+                                   f"{e.strerror or e}") from None
+            try:
+                with open(self.rd.results_tsv, "a", encoding="utf-8") as f:
+                    f.write(tsv_row(result))
+            except OSError as e:  # rebuilt from results.jsonl at the next start
+                self.write_error = f"could not append to results.tsv: {e.strerror or e}"
 
     def event(self, type_: str, fsync: bool = True, **fields: Any) -> None:
         record = {"ts": round(time.time(), 3), "type": type_, **fields}
         with self._lock:
-            rundir.append_jsonl(self.rd.events_jsonl, record, fsync=fsync)
+            try:
+                rundir.append_jsonl(self.rd.events_jsonl, record, fsync=fsync)
+            except OSError as e:
+                self.write_error = f"could not write events.jsonl: {e.strerror or e}"
 
     def update_state(self, **fields: Any) -> None:
         with self._lock:
             t = round(time.time(), 3)
             self.state.update(**fields, updated_at=t, heartbeat_at=t)
             self._last_heartbeat = time.monotonic()
-            rundir.atomic_write_json(self.rd.state_json, self.state.to_dict())
+            try:
+                rundir.atomic_write_json(self.rd.state_json, self.state.to_dict())
+                self.write_error = None  # the run directory is writable (again)
+            except OSError as e:
+                self.write_error = f"could not write state.json: {e.strerror or e}"
 
     def heartbeat(self) -> None:
         """Refresh heartbeat_at every few seconds so readers can tell the engine lives."""

@@ -25,6 +25,7 @@ Conventions worth knowing:
 
 from __future__ import annotations
 
+import errno
 import signal
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ from .config import Config
 from .errors import UsageError
 from .finish import finish
 from .gitops import GitMetadata
+from .journal import JournalError
+from .preflight import preflight_problem
 from .propose import propose
 from .results import Result
 from .runner import KILL_GRACE_SECONDS
@@ -73,26 +76,42 @@ class Engine:
             self._loop()
         except UsageError:
             raise
-        except Exception as e:  # a bug or a broken repository: say so, keep the journal sane
+        except JournalError as e:  # a full disk or a read-only file system: nothing recorded is lost
             s.exit_code = 1
-            s.error = f"{type(e).__name__}: {e}"
-            record_interrupted_flight(s)
+            s.error = f"{e}; free space (or make it writable) and start the engine again"
+            s.set_phase("error")
+            s.say(f"error: {s.error}")
+        except Exception as e:  # a bug or a broken repository: say so in one line, keep the journal sane
+            s.exit_code = 1
+            s.error = describe_failure(e)
+            try:
+                record_interrupted_flight(s)
+            except JournalError:
+                pass  # restarting records it from state.json
             s.journal.event("error", message=s.error, n=None)
             s.set_phase("error")
             s.say(f"error: {s.error}")
         finally:
             close_tag(s, server)
+        if s.exit_code == 0 and s.stop_signal is not None:
+            return 128 + s.stop_signal
         return s.exit_code
 
-    def request_stop(self) -> None:
-        """Stop as soon as possible (signal handlers call this; it only sets a flag)."""
+    def request_stop(self, signum: int | None = None) -> None:
+        """Stop as soon as possible (signal handlers call this; it only sets a flag).
+
+        Stopped by a signal, the engine exits with 128 + its number, as a shell would
+        report it, so a job scheduler sees that it did not finish on its own.
+        """
+        if signum is not None and self.s.stop_signal is None:
+            self.s.stop_signal = signum
         self.s.stop_event.set()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
                 continue  # started under nohup: leave it that way
-            signal.signal(sig, lambda signum, frame: self.request_stop())
+            signal.signal(sig, lambda signum, frame: self.request_stop(signum))
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -106,6 +125,8 @@ class Engine:
                 break
             if not self._hold_while_paused():
                 break
+            if self._pause_for_the_machine():
+                continue
             cap = s.config.agent.max_cost
             if cap is not None and not s.cost_cap_lifted and s.cost_usd >= cap and not self._needs_baseline():
                 s.pause_with_error(f"cost cap reached: ${s.cost_usd:.2f} of ${cap:.2f}; resume to continue past it")
@@ -118,14 +139,19 @@ class Engine:
                 s.exit_code = 1
                 break
 
-    def _needs_baseline(self) -> bool:
+    def _pause_for_the_machine(self) -> bool:
+        """Pause (with the reason) rather than start an experiment that cannot end well:
+        too little disk, a run directory that cannot be written, a data cache that no
+        longer matches its manifest, or a streak of failed runs."""
         s = self.s
-        if s.standing.baseline is None:
-            return True  # nothing to compare a change with yet
-        if any(not r.baseline for r in s.results if r.status != "interrupted"):
-            return False
-        attempts = [r for r in s.results if r.baseline and r.status not in ("interrupted", "skipped")]
-        return len(attempts) < s.config.loop.baseline_runs
+        reason = preflight_problem(s)
+        if reason:
+            s.pause_with_error(reason)
+            return True
+        return False
+
+    def _needs_baseline(self) -> bool:
+        return self.s.standing.needs_baseline(self.s.budget, self.s.config.loop.baseline_runs)
 
     def _experiment(self, n: int) -> str:
         """One experiment. Returns "recorded", "retry" (nothing recorded), "stopped" or "fatal"."""
@@ -136,7 +162,7 @@ class Engine:
         with s.ctl:
             s.flight = Flight(n, baseline, started)
         draft = Result(n=n, status="", baseline=baseline, started_at=started, parent=s.best_commit(),
-                       sandbox=s.sandbox.describe())
+                       sandbox=s.sandbox.describe(), budget=s.budget)
         timings: dict[str, float] = {}
         s.journal.update_state(experiment=n, started_at=started, baseline_run=baseline, hypothesis=None,
                                description=None, commit=None, parent=s.best_commit(), train_pgid=None)
@@ -144,7 +170,8 @@ class Engine:
             metadata = None
             if baseline:
                 runs = s.config.loop.baseline_runs
-                k = sum(1 for r in s.results if r.baseline and r.status not in ("interrupted", "skipped")) + 1
+                series = s.standing.series_open and s.standing.baseline_budget in (None, s.budget)
+                k = s.standing.baseline_attempts + 1 if series else 1
                 draft.description = f"baseline: unmodified train.py (run {k} of {runs})"
                 draft.hypothesis = "Measure the unmodified train.py to set the reference and estimate run-to-run noise."
             else:
@@ -191,6 +218,17 @@ class Engine:
             time.sleep(0.1)
             s.tick()
         return not s.stopping
+
+
+NO_SPACE = ("No space left on device", "Out of diskspace", "Disk quota exceeded")
+
+
+def describe_failure(e: BaseException) -> str:
+    """One line for the log and the monitor (git's errors span several)."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    if getattr(e, "errno", None) == errno.ENOSPC or any(phrase in text for phrase in NO_SPACE):
+        return f"no space left on device ({text[:300]}): free space and start the engine again; nothing recorded is lost"
+    return text[:500]
 
 
 def _write_hypothesis(exp_dir: Path, r: Result) -> None:

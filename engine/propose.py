@@ -49,7 +49,7 @@ def propose(s: Session, draft: Result) -> Asked:
         last_log_tail=_last_log_tail(s, last),
         notes=notes,
         seed=s.config.loop.seed,
-        emit=lambda text: s.journal.event("hypothesis", fsync=False, n=n, text=str(text)),
+        emit=lambda text: s.journal.event("hypothesis", fsync=False, n=n, text=strip_control(str(text))),
     )
     box: dict[str, Any] = {}
 
@@ -76,7 +76,7 @@ def propose(s: Session, draft: Result) -> Asked:
     _account(s, draft, usage)
     if error is not None:
         transient = isinstance(error, AgentError) and error.transient
-        message = str(error) if isinstance(error, AgentError) else f"{type(error).__name__}: {error}"
+        message = strip_control(str(error) if isinstance(error, AgentError) else f"{type(error).__name__}: {error}")
         s.journal.event("error", message=f"agent: {message}", n=n)
         s.wt.reset_to(s.best_commit())
         if transient:
@@ -93,8 +93,9 @@ def propose(s: Session, draft: Result) -> Asked:
 
     s.failures = 0
     proposal: Proposal = box["proposal"]
-    draft.hypothesis = str(proposal.hypothesis or "").strip()[:MAX_HYPOTHESIS]
-    draft.description = _one_line(proposal.description)[:MAX_DESCRIPTION] or "(no description)"
+    # Untrusted text: no escape sequences or bidi overrides may reach a terminal, the journal or git.
+    draft.hypothesis = strip_control(str(proposal.hypothesis or "")).strip()[:MAX_HYPOTHESIS]
+    draft.description = _one_line(strip_control(str(proposal.description or "")))[:MAX_DESCRIPTION] or "(no description)"
     draft.notes = notes
     _consume_notes(s, notes)
     s.journal.event("proposal", n=n, hypothesis=draft.hypothesis, description=draft.description, agent=draft.agent)

@@ -98,6 +98,7 @@ class Result:
     log_tail: list[str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     sandbox: str | None = None  # what the untrusted code ran under
+    budget: float | None = None  # training seconds it was given: results compare only at one budget
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @property
@@ -148,6 +149,7 @@ class Result:
             log_tail=[str(x) for x in tail] if isinstance(tail, list) else None,
             timings={str(k): float(v) for k, v in timings.items() if is_number(v)} if isinstance(timings, dict) else {},
             sandbox=_opt_str(d.get("sandbox")),
+            budget=_opt_float(d.get("budget")),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -213,15 +215,21 @@ def estimate_baseline(metrics: Iterable[float]) -> Baseline | None:
 
 
 class Standing:
-    """Where a run stands after some results: best, baseline, counts, next number.
+    """Where a run stands after some results: best, baseline, counts.
 
     Fold results in order with ``add``; ``running_best`` gives the best after each.
+    Baseline runs come in series: the first runs of a tag, and again whenever the budget
+    changes (a result measured at another budget is not comparable). A series is open
+    until the first experiment that is not a baseline run.
     """
 
     def __init__(self, base_commit: str | None = None):
         self.base_commit = base_commit
         self.best: Best | None = None
         self.baseline: Baseline | None = None
+        self.baseline_budget: float | None = None  # the budget of the current baseline series
+        self.baseline_attempts = 0  # runs of the current series that were measured or failed
+        self.series_open = False
         self.counts: Counter[str] = Counter()
         self.last_n = 0
         self._baseline_metrics: list[float] = []
@@ -236,12 +244,34 @@ class Standing:
     def add(self, r: Result) -> None:
         self.counts[r.status] += 1
         self.last_n = max(self.last_n, r.n)
+        if r.baseline:
+            if not self.series_open or (r.budget is not None and r.budget != self.baseline_budget):
+                self._baseline_metrics, self.baseline_attempts, self.series_open = [], 0, True
+                self.baseline_budget = r.budget
+            if r.status not in ("interrupted", "skipped"):
+                self.baseline_attempts += 1
+        elif r.status != "interrupted":
+            self.series_open = False
         if r.status == "baseline" and r.scored:
             self._baseline_metrics.append(float(r.metric))
             self.baseline = estimate_baseline(self._baseline_metrics)
             self.best = Best(r.n, self.baseline.metric, r.commit or self.base_commit)
         elif r.status == "keep" and r.scored and r.commit:
             self.best = Best(r.n, float(r.metric), r.commit)
+
+    def series_metrics(self, budget: float) -> list[float]:
+        """The metrics of the baseline series a baseline run at ``budget`` would join."""
+        if self.series_open and self.baseline_budget in (None, budget):
+            return list(self._baseline_metrics)
+        return []
+
+    def needs_baseline(self, budget: float, runs: int) -> bool:
+        """Whether the next experiment must measure the best commit unchanged."""
+        if self.baseline is None:
+            return True  # nothing to compare a change with yet
+        if self.baseline_budget is not None and self.baseline_budget != budget:
+            return True  # the budget changed: re-measure the best at the new budget
+        return self.series_open and self.baseline_attempts < runs
 
     @property
     def best_commit(self) -> str | None:

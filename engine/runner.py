@@ -91,6 +91,7 @@ class _OutputPump(threading.Thread):
         self.log = log
         self.written = log_bytes_before
         self.truncated = False
+        self.write_error: str | None = None
         self.last_output = time.monotonic()
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.summary: dict[str, str] = {}
@@ -117,15 +118,20 @@ class _OutputPump(threading.Thread):
             self._partial = b""
 
     def _write(self, chunk: bytes) -> None:
-        if self.written >= MAX_LOG_BYTES:
-            if not self.truncated:
-                self.truncated = True
-                self.log.write(b"\n[autoresearch] log truncated: output beyond 64 MiB is dropped\n")
-                self.log.flush()
-            return
-        self.log.write(chunk)
-        self.log.flush()  # the monitor tails this file
-        self.written += len(chunk)
+        if self.write_error is not None:
+            return  # the log cannot be written (a full disk): keep draining the pipe, keep the tail
+        try:
+            if self.written >= MAX_LOG_BYTES:
+                if not self.truncated:
+                    self.truncated = True
+                    self.log.write(b"\n[autoresearch] log truncated: output beyond 64 MiB is dropped\n")
+                    self.log.flush()
+                return
+            self.log.write(chunk)
+            self.log.flush()  # the monitor tails this file
+            self.written += len(chunk)
+        except OSError as e:
+            self.write_error = e.strerror or str(e)
 
     def _scan(self, chunk: bytes) -> None:
         data = self._partial + chunk
@@ -240,8 +246,11 @@ def run_process(
 
 
 def _write_note(log, text: str) -> None:
-    log.write(f"\n[autoresearch] {text}\n".encode())
-    log.flush()
+    try:
+        log.write(f"\n[autoresearch] {text}\n".encode())
+        log.flush()
+    except OSError:
+        pass  # a full disk: the note is also in the result's error
 
 
 def terminate_group(proc: subprocess.Popen, grace: float) -> None:
@@ -285,21 +294,24 @@ def _group_alive(pgid: int) -> bool:
 
 
 def kill_stale_group(pgid: int | None, within: Path) -> bool:
-    """At start-up: end the training group a previous (killed) engine left behind.
+    """At start-up: end the process group a previous (killed) engine left running.
 
-    Only a group whose leader still runs inside this run's directory is touched, so a
-    recycled pid of some unrelated program is safe.
+    Only a group one of whose live members runs inside this run's directory is touched
+    (the leader may be gone, its children not), so a recycled pid of some unrelated
+    program is safe.
     """
     if not pgid:
         return False
-    try:
-        leader = psutil.Process(pgid)
-        if not Path(leader.cwd()).resolve().is_relative_to(Path(within).resolve()) or os.getpgid(pgid) != pgid:
-            return False
-    except (psutil.Error, OSError):
-        return False
-    _signal_group(pgid, signal.SIGKILL)
-    return True
+    root = Path(within).resolve()
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE \
+                    and Path(p.cwd()).resolve().is_relative_to(root):
+                _signal_group(pgid, signal.SIGKILL)
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
 
 
 class _TreeCpu:

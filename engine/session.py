@@ -25,6 +25,7 @@ from .lock import EngineLock
 from .results import Result, Standing
 from .rundir import RunDir
 from .runner import KILL_GRACE_SECONDS
+from .untrusted import strip_control
 
 
 @dataclass
@@ -98,12 +99,15 @@ class Session:
         # Shared with the control socket's thread; guarded by ``ctl``.
         self.ctl = threading.Lock()
         self.stop_event = threading.Event()
+        self.stop_signal: int | None = None  # the signal that stopped the engine, if one did
         self.flight: Flight | None = None
         self.pause_requested = False
         self.paused = False
         self.error: str | None = None
         self.notes: list[str] = []
         self.failures = 0  # consecutive failed proposals
+        self.streak_from = 0  # failed experiments before this index were looked at (a resume)
+        self.data_stamp: dict | None = None  # the data cache's files when the run (re)started
         self.cost_cap_lifted = False
 
     # --- facts every phase asks for -----------------------------------------------------
@@ -140,7 +144,7 @@ class Session:
         if self._out is None:
             return
         try:
-            self._out(time.strftime("%H:%M:%S ") + line)
+            self._out(time.strftime("%H:%M:%S ") + strip_control(line))  # never an escape sequence to a terminal
         except OSError:  # the terminal went away (SSH dropped): keep running
             pass
 

@@ -10,6 +10,7 @@ worktree at the best commit and the tag ready to be resumed.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 from . import gitops, rundir
@@ -18,12 +19,14 @@ from .errors import UsageError
 from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import INTERRUPTIBLE_PHASES, Result, Standing, State
 from .runner import kill_stale_group, run_process
+from .preflight import data_stamp
 from .session import Session
 from .steering import on_command
 
 
 def open_tag(s: Session) -> ControlServer:
     """Take the tag's lock and resume it (or start it). Returns the running control server."""
+    _make_private_run_dir(s)
     s.lock.acquire()
     repo = gitops.open_repo(s.repo_path)
     gitops.ensure_excluded(repo)
@@ -41,6 +44,7 @@ def open_tag(s: Session) -> ControlServer:
         numbers += [int(p.name) for p in s.rd.experiments.iterdir() if p.name.isdigit()]
     s.next_n = max(numbers, default=0) + 1
     s.wt.reset_to(s.best_commit())
+    _remove_leftovers(s)
     s.cost_usd = _cost_from_events(s)
     s.notes = list(previous.notes_pending)
 
@@ -62,10 +66,14 @@ def open_tag(s: Session) -> ControlServer:
     _ensure_prepared(s)
     _check_fingerprint_on_start(s)
     _install_scorer(s)
+    s.data_stamp = data_stamp()
+    s.streak_from = len(s.results)
     return server
 
 
 def close_tag(s: Session, server: ControlServer | None) -> None:
+    """Leave the tag resumable. Each step is best-effort: on a full disk or a broken
+    repository the others still run, and the lock is always released."""
     if not s.lock.held:
         return  # never started (another engine holds the tag): touch nothing
     if server is not None:
@@ -73,13 +81,44 @@ def close_tag(s: Session, server: ControlServer | None) -> None:
     try:
         if s.base_commit and s.wt is not None:
             s.wt.reset_to(s.best_commit())
-    except Exception:
-        pass
+    except Exception as e:
+        s.say(f"warning: could not reset the worktree to the best commit: {_one_line(e)}")
     if s.phase != "error":
         s.set_phase("stopped")
     s.journal.update_state(train_pgid=None, notes_pending=list(s.notes))
     s.journal.event("engine", event="exit", pid=os.getpid())
     s.lock.release()
+
+
+def _make_private_run_dir(s: Session) -> None:
+    """The run directory holds logs that may show secrets: only its owner may read it.
+    A directory that cannot be written is bad input (one line), found before anything else."""
+    try:
+        for path in (s.rd.root.parent, s.rd.root):
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(path, 0o700)
+        probe = s.rd.root / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write the run directory {s.rd.root}: {e.strerror or e}") from None
+
+
+def _remove_leftovers(s: Session) -> None:
+    """What engines killed mid-experiment leave behind: exported files, scratch directories
+    (checkpoints) of every experiment but the best, and half-written temporary files."""
+    best = s.standing.best.n if s.standing.best else None
+    for exp in s.rd.experiments.iterdir() if s.rd.experiments.is_dir() else ():
+        if not exp.name.isdigit():
+            continue
+        shutil.rmtree(exp / "src", ignore_errors=True)
+        if int(exp.name) != best:
+            shutil.rmtree(exp / "scratch", ignore_errors=True)
+        for tmp in exp.glob(".eval.json.*"):
+            tmp.unlink(missing_ok=True)
+    for pattern in (".state.json.*", ".results.tsv.*", ".write-test.*"):
+        for tmp in s.rd.root.glob(pattern):
+            tmp.unlink(missing_ok=True)
 
 
 def record_interrupted_flight(s: Session) -> None:
@@ -91,20 +130,24 @@ def record_interrupted_flight(s: Session) -> None:
     s.record(Result(
         n=f.n, status="interrupted", baseline=f.baseline, started_at=f.started_at, ended_at=time.time(),
         description=st.description or "", hypothesis=st.hypothesis or "", commit=st.commit,
-        parent=st.parent or s.best_commit(), error="the engine was stopped during this experiment",
+        parent=st.parent or s.best_commit(), error="the engine was stopped during this experiment", budget=s.budget,
     ))
 
 
 def _record_interrupted_from(s: Session, previous: State) -> None:
-    """A previous engine died mid-experiment: record that experiment as interrupted."""
+    """A previous engine died mid-experiment: record that experiment as interrupted.
+
+    Started means its directory exists (made when checking begins), whatever phase the
+    dead engine last managed to write: a full disk can leave "error" there.
+    """
     n = previous.experiment
-    if n is None or any(r.n == n for r in s.results) or previous.phase not in INTERRUPTIBLE_PHASES:
+    if n is None or any(r.n == n for r in s.results) or not s.rd.experiment(n).is_dir():
         return
     result = Result(
         n=n, status="interrupted", baseline=previous.baseline_run, started_at=previous.started_at,
         ended_at=previous.heartbeat_at or time.time(), description=previous.description or "",
         hypothesis=previous.hypothesis or "", commit=previous.commit, parent=previous.parent,
-        error="the engine stopped during this experiment",
+        error="the engine stopped during this experiment", budget=previous.budget,
     )
     s.journal.append_result(result)
     s.results.append(result)
@@ -166,9 +209,9 @@ def _check_fingerprint_on_start(s: Session) -> None:
     problems = s.fingerprint.problems(now)
     if problems:
         raise UsageError(f"cannot resume tag {s.tag}: {'; '.join(problems)}; start a new run with another --tag")
-    if info.get("budget") not in (None, s.budget):
-        s.say(f"note: this run started with a {info['budget']:g} s budget; now {s.budget:g} s "
-              "(results are comparable only at the same budget)")
+    if s.standing.baseline_budget not in (None, s.budget):
+        s.say(f"note: the baseline was measured with a {s.standing.baseline_budget:g} s budget; now {s.budget:g} s: "
+              "the best is measured again at the new budget before any change is compared with it")
 
 
 def _install_scorer(s: Session) -> None:
@@ -184,6 +227,10 @@ def _install_scorer(s: Session) -> None:
     tmp = s.rd.scorer.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(s.rd.scorer)
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def _echo(data: bytes) -> None:

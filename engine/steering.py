@@ -13,6 +13,9 @@ from typing import Any
 from .control import accepted, refused
 from .results import METRIC
 from .session import Session
+from .untrusted import strip_control
+
+MAX_NOTE = 4000  # characters: a note is read by the agent in every prompt until used
 
 
 def on_command(s: Session, request: dict[str, Any]) -> dict[str, Any]:
@@ -49,6 +52,7 @@ def _resume(s: Session, text: str | None) -> dict[str, Any]:
     s.paused = s.pause_requested = False
     s.error = None
     s.failures = 0
+    s.streak_from = len(s.results)  # a person looked: count a new streak of failed runs
     if was_cost:
         s.cost_cap_lifted = True
     s.journal.update_state(paused=False, pause_requested=False, error=None)
@@ -83,7 +87,7 @@ def _stop(s: Session, text: str | None) -> dict[str, Any]:
 
 
 def _note(s: Session, text: str | None) -> dict[str, Any]:
-    text = (text or "").strip()
+    text = strip_control(text or "").strip()[:MAX_NOTE]
     if not text:
         return refused("a note needs text")
     s.notes.append(text)

@@ -15,8 +15,11 @@ Evaluation output is appended to run.log after ``EVAL_MARKER``.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +29,11 @@ from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import METRIC, is_number
 from .runner import ProcessResult, minimal_env, run_process
 from .session import Session
+from .untrusted import strip_control
 
 EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNAL_WAIT = 1.0
 # Files of the data cache training may read; everything else there (val.bin) stays hidden.
 TRAINING_DATA = ("manifest.json", "train.bin")
 
@@ -53,12 +59,24 @@ def training_limit(s: Session) -> float:
     return min(s.timeout, s.budget + s.config.loop.effective_startup())
 
 
+# Other Python installations the sandbox's read-only /usr may hold: the same stdlib text.
+OTHER_STDLIBS = ("/usr/lib/python3*", "/usr/lib64/python3*", "/usr/local/lib/python3*")
+
+
 def hidden_paths() -> list[str]:
     """What no sandbox may read although it lies under a bound tree: the sources of the
-    validation text (listed by prepare.py in the manifest) and their bytecode."""
+    validation text (listed by prepare.py in the manifest), the same files in any other
+    Python installation under /usr, and their bytecode."""
     data = rundir.read_json(manifest_path())
     hidden = data.get("hidden") if isinstance(data, dict) else None
     paths = [p for p in hidden if isinstance(p, str)] if isinstance(hidden, list) else []
+    corpus = data.get("corpus") if isinstance(data, dict) else None
+    source = corpus.get("source") if isinstance(corpus, dict) and corpus.get("kind") == "stdlib" else None
+    if isinstance(source, str):
+        rels = [os.path.relpath(p, source) for p in paths if p.startswith(source.rstrip("/") + "/")]
+        for other in sorted({d for pattern in OTHER_STDLIBS for d in glob.glob(pattern)}):
+            if os.path.realpath(other) != os.path.realpath(source):
+                paths += [os.path.join(other, rel) for rel in rels if os.path.lexists(os.path.join(other, rel))]
     return sandbox.with_bytecode(paths)
 
 
@@ -86,6 +104,13 @@ def _run(s: Session, argv: list[str], *, cwd: Path, env: dict[str, str], log: Pa
         on_start=lambda pid: s.journal.update_state(train_pgid=pid),
     )
     s.journal.update_state(train_pgid=None)
+    if result.reason == "exited" and result.killed_by_signal in STOP_SIGNALS:
+        # A whole-job stop (systemd, SLURM, a kill of the process group) signals the child
+        # and the engine at once, and the child may die first: give the engine's own
+        # signal a moment to arrive before calling this a crash.
+        s.stop_event.wait(STOP_SIGNAL_WAIT)
+        if s.stopping:
+            result.reason = "killed"
     return result
 
 
@@ -107,7 +132,9 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
     run = _run(s, train.argv, cwd=Path(train.cwd), env=train.env, log=log, limit=limit)
     run.returncode = train.returncode(run.returncode)
     timings["train"] = round(run.wall_seconds, 3)
-    summary = run.summary
+    # train.py's output is untrusted text: what of it is kept in the journal is cleaned.
+    summary = {strip_control(k)[:64]: strip_control(v)[:200] for k, v in list(run.summary.items())[:50]}
+    run.tail = [strip_control(line)[:500] for line in run.tail]
     base = dict(train_seconds=parse_float(summary.get("training_seconds")),
                 peak_mem_mb=parse_float(summary.get("peak_mem_mb")), summary=summary)
     failure = classify_failure(run)
@@ -140,6 +167,8 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
     scorer = [s.python, "-I", "-B", str(s.rd.scorer), "evaluate", "--train", str(src / "train.py"),
               "--checkpoint", str(ckpt), "--out", str(eval_json), "--server-cmd", json.dumps(server.argv)]
     ev = _run(s, scorer, cwd=exp_dir, env=child_env(s, {}), log=log, limit=s.timeout)
+    ev.tail = [strip_control(line)[:500] for line in ev.tail]  # a model server's output is untrusted too
+    ev.fail_line = strip_control(ev.fail_line) if ev.fail_line else None
     timings["eval"] = round(ev.wall_seconds, 3)
     failure = classify_failure(ev)
     if failure == "killed":
@@ -168,7 +197,7 @@ def failure_message(s: Session, status: str, run: ProcessResult, limit: float) -
             return "killed by SIGKILL (out of memory?)"
         return _one_line(last)[:300] or "out of memory"
     if status == "nan":
-        return run.fail_line or _one_line(last)[:300]
+        return strip_control(run.fail_line or "")[:300] or _one_line(last)[:300]
     code = f"killed by signal {run.killed_by_signal}" if run.killed_by_signal else f"exit status {run.returncode}"
     return f"{code}: {_one_line(last)[:300]}" if last else code
 

@@ -31,6 +31,9 @@ def main():
     ckpt = os.environ["AUTORESEARCH_CHECKPOINT"]
     print(f"budget {os.environ.get('AUTORESEARCH_TIME_BUDGET')}", flush=True)
     print("step 1 loss 3.0", flush=True)
+    if MODE == "evil":  # a last line that would write the clipboard, retitle and clear the terminal
+        print("\\x1b]52;c;ZXZpbA==\\x07\\x1b]0;pwned\\x07\\x1b[2Jgone \\u202eevil", flush=True)
+        sys.exit(3)
     if MODE == "crash":
         raise RuntimeError("boom: the model is broken")
     if MODE == "hang":

@@ -10,7 +10,7 @@ from engine.integrity import cache_dir
 from engine.results import experiment_ref
 from engine.rundir import RunDir
 
-from .conftest import run_engine
+from .conftest import make_engine, run_engine
 from .genome import git, make_repo
 
 
@@ -33,7 +33,7 @@ def test_every_status_of_a_run(tmp_path):
         {"set": {"MODE": "evalnan"}},  # 15 nan from eval.json
         {"set": {"WIDTH": 128}},  # 16 keep
     ]
-    engine = run_engine(repo, steps, loop__max_experiments=16)
+    engine = run_engine(repo, steps, loop__max_experiments=16, loop__max_failures_in_a_row=10)
     rd = engine.rd
     results = rd.read_results()
     statuses = [r.status for r in results]
@@ -205,3 +205,20 @@ def test_stale_lock_of_a_dead_engine_is_taken_over(repo):
     engine = run_engine(repo, [], loop__max_experiments=1, loop__baseline_runs=1)
     assert engine.s.lock.took_over_pid == 999999
     assert engine.results[0].status == "baseline"
+
+
+def test_untrusted_text_reaches_no_terminal_journal_or_commit_raw(repo):
+    evil = "\x1b]52;c;ZXZpbA==\x07\x1b[2J\u202e"
+    steps = [{"set": {"LR": 0.02}, "desc": f"tune {evil}LR"}, {"set": {"MODE": "evil"}}]
+    lines: list[str] = []
+    engine = make_engine(repo, steps, loop__max_experiments=3, loop__baseline_runs=1)
+    engine.s._out = lines.append
+    assert engine.run() == 0
+    rd = engine.rd
+    crashed = rd.read_results()[2]
+    assert crashed.status == "crash" and "gone" in crashed.error and "evil" in crashed.error
+    commit_message = git(rd.worktree, "log", "-1", "--format=%B", rd.read_results()[1].commit)
+    for text in ("\n".join(lines), rd.results_jsonl.read_text(), rd.events_jsonl.read_text(),
+                 (rd.experiment(2) / "hypothesis.md").read_text(), commit_message):
+        assert "\x1b" not in text and "\\u001b" not in text and "\u202e" not in text and "\\u202e" not in text
+        assert "\x07" not in text and "\\u0007" not in text

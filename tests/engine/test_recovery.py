@@ -101,7 +101,7 @@ def test_sigterm_stops_cleanly_and_a_second_engine_is_refused(repo):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # stopped by a signal: not a clean finish
     # train.py ignores SIGTERM: the engine had to SIGKILL the group after the grace period.
     assert processes_in(rd.root) == []
     results = rd.read_results()
@@ -110,3 +110,28 @@ def test_sigterm_stops_cleanly_and_a_second_engine_is_refused(repo):
     assert state.phase == "stopped" and state.train_pgid is None
     assert not rd.lock.exists() and not rd.socket.exists()
     assert git(rd.worktree, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_a_whole_job_sigterm_records_interrupted_not_crash(repo):
+    """systemd, SLURM or `kill -- -PGID` signal every process of the job at once: the training
+    process may die of the signal before the engine has seen its own. Worst order first."""
+    rd = RunDir.for_tag(repo, "t")
+    for attempt in range(3):
+        proc = start_engine(repo, [{"set": {"MODE": "slow", "SLEEP": 0.02 + attempt / 100}}],
+                            **{"loop.baseline_runs": 1})
+        try:
+            n = 2 + attempt
+            wait_until(lambda: running(rd, n) and "step 2" in log_text(rd.experiment(n) / "run.log"),
+                       why=f"experiment {n} training")
+            os.killpg(rd.read_state().train_pgid, signal.SIGTERM)
+            time.sleep(0.3)  # the engine's own SIGTERM arrives a little later
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        last = rd.read_results()[-1]
+        assert (last.n, last.status) == (n, "interrupted"), (last.status, last.error)
+    assert processes_in(rd.root) == []

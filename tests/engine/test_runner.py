@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -115,6 +116,30 @@ def test_a_stale_training_group_is_ended_only_in_its_own_worktree(tmp_path):
         for p in (mine, theirs):
             p.kill()
             p.wait()
+
+
+def test_a_stale_group_whose_leader_died_is_still_ended(tmp_path):
+    """kill -9 of an unsandboxed run's leader leaves its children in the group: reap them."""
+    (tmp_path / "wt").mkdir()
+    code = ("import subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+            "print(child.pid, flush=True); time.sleep(600)")
+    leader = subprocess.Popen(py(code), cwd=tmp_path / "wt", start_new_session=True, stdout=subprocess.PIPE, text=True)
+    child = int(leader.stdout.readline())
+    try:
+        leader.kill()
+        leader.wait()
+        assert _alive(child)
+        assert kill_stale_group(leader.pid, tmp_path / "wt") is True
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        try:
+            os.kill(child, 9)
+        except ProcessLookupError:
+            pass
 
 
 def _alive(pid: int) -> bool:
