@@ -2,14 +2,30 @@
 
 ``[agent] command`` (or ``--agent-command``) is run with ``sh -c`` in the worktree, with
 the whole prompt (prompt.command_prompt: rules, program.md, the files, the history, the
-last result, notes) on its stdin, in its own process group, and with the environment of
-the engine: it is the user's own agent and may need the user's keys. Two variables are
-added: ``AUTORESEARCH_EXPERIMENT`` (the experiment number) and ``AUTORESEARCH_MUTABLE``
-(the mutable files, space-separated). Its output is streamed to the monitor line by line.
+last result, notes) on its stdin. Its environment is the engine's whole environment by
+default: it is the user's own agent and may need the user's keys. ``[agent] env`` (a list
+of names) narrows it to those variables plus PATH, HOME, LANG and TERM. Three variables
+are always added: ``AUTORESEARCH_EXPERIMENT`` (the experiment number),
+``AUTORESEARCH_MUTABLE`` (the mutable files, space-separated) and
+``AUTORESEARCH_WORKTREE`` (its working directory).
+
+Its output is read as it streams: each line (at most MAX_LINE_BYTES of it) goes to the
+monitor until MAX_EMIT_CHARS have been shown, ``HYPOTHESIS:``/``DESCRIPTION:`` lines are
+picked out as they pass, and only a bounded head and tail of the lines are kept, so an
+agent that prints without end costs the engine no memory.
 
 The agent edits the mutable files in place and exits. The engine then checks the scope
 (edits outside the mutable files are reverted and the experiment recorded ``rejected``),
 commits, trains and decides, exactly as for the other agents.
+
+Process control. The command runs under a leash (leash.py): a small supervisor that
+leads a new process group, runs ``sh -c COMMAND`` in it, and SIGKILLs the whole group
+if the engine dies (PR_SET_PDEATHSIG), so an agent never outlives the engine to edit a
+later run's worktree. The group id goes to ``context.on_process_group`` when it starts
+and ``None`` once it is gone, so the engine can record it; a restarted engine passes the
+recorded id to ``reap_stale_group``. When the engine sets ``context.cancel`` (it stops
+or gives up on the proposal) the group is killed at once and ``ProposalCancelled`` is
+raised.
 
 If the command runs past ``command_timeout`` seconds, its whole process group gets
 SIGTERM, then SIGKILL after a grace period, and the proposal fails. A non-zero exit
@@ -36,26 +52,127 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
+
+import psutil
 
 from ..config import AgentConfig
 from ..errors import UsageError
 from ..untrusted import strip_control
 from . import prompt
-from .base import AgentError, Proposal, ProposalContext
+from .base import AgentError, Proposal, ProposalCancelled, ProposalContext
 
 PROPOSAL_JSON = ".autoresearch-proposal.json"
 HYPOTHESIS_MD = "HYPOTHESIS.md"
 PROPOSAL_FILES = (PROPOSAL_JSON, HYPOTHESIS_MD)
 KILL_GRACE_SECONDS = 3.0
-MAX_OUTPUT_LINES = 2000  # kept in memory to find the HYPOTHESIS:/DESCRIPTION: lines
 MAX_HYPOTHESIS = 4000
 MAX_DESCRIPTION = 200
 NO_HYPOTHESIS = "(the agent gave no hypothesis)"
+# Bounds on what the engine keeps of the agent's output, whatever it prints.
+MAX_LINE_BYTES = 8192  # of one line; the rest of a longer line is counted, not kept
+HEAD_LINES = 200  # the first lines, kept
+TAIL_LINES = 200  # the last lines, kept (the error message quotes the last one)
+MAX_EMIT_CHARS = 1_000_000  # streamed to the monitor per proposal; then a notice
+READ_CHUNK = 65536
+# Always passed through when [agent] env narrows the environment.
+BASE_ENV = ("PATH", "HOME", "LANG", "TERM")
+LEASH = Path(__file__).with_name("leash.py")
+WORKTREE_VAR = "AUTORESEARCH_WORKTREE"
+
+
+class OutputScan:
+    """An agent's output read as it streams, in bounded memory.
+
+    ``feed`` takes raw bytes as they come; complete lines are decoded, stripped of
+    control characters, streamed to ``emit`` (until MAX_EMIT_CHARS) and scanned for the
+    ``HYPOTHESIS:``/``DESCRIPTION:`` convention (the last of each wins). A line longer
+    than MAX_LINE_BYTES keeps its beginning; the rest is counted and dropped.
+    """
+
+    def __init__(self, emit: Callable[[str], None] | None = None):
+        self.emit = emit
+        self.head: list[str] = []
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.lines = 0
+        self.bytes = 0
+        self.hypothesis: str | None = None
+        self.description: str | None = None
+        self._line = bytearray()
+        self._dropped = 0  # bytes of the current line beyond MAX_LINE_BYTES
+        self._emitted = 0
+        self._lock = threading.Lock()
+
+    def feed(self, data: bytes) -> None:
+        with self._lock:
+            self.bytes += len(data)
+            start = 0
+            while start < len(data):
+                end = data.find(b"\n", start)
+                piece = data[start:] if end < 0 else data[start:end]
+                room = MAX_LINE_BYTES - len(self._line)
+                if room > 0:
+                    self._line += piece[:room]
+                self._dropped += max(0, len(piece) - max(room, 0))
+                if end < 0:
+                    break
+                self._finish()
+                start = end + 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._line or self._dropped:
+                self._finish()
+
+    def line(self, text: str) -> None:
+        """One already decoded line (for callers that have lines, not bytes)."""
+        self.feed(text.encode("utf-8", "replace") + b"\n")
+
+    def _finish(self) -> None:
+        text = strip_control(self._line.decode("utf-8", "replace"))
+        dropped = self._dropped
+        self._line, self._dropped = bytearray(), 0
+        self.lines += 1
+        stripped = text.strip()
+        upper = stripped[:12].upper()
+        if upper.startswith("HYPOTHESIS:"):
+            self.hypothesis = stripped[len("HYPOTHESIS:"):].strip()
+        elif upper.startswith("DESCRIPTION:"):
+            self.description = stripped[len("DESCRIPTION:"):].strip()
+        if dropped:
+            text += f" [... {dropped} more bytes of this line not kept ...]"
+        if len(self.head) < HEAD_LINES:
+            self.head.append(text)
+        else:
+            self.tail.append(text)
+        self._show(text + "\n")
+
+    def _show(self, text: str) -> None:
+        if self.emit is None or self._emitted > MAX_EMIT_CHARS:
+            return
+        self._emitted += len(text)
+        if self._emitted > MAX_EMIT_CHARS:
+            text = f"[... the agent's output passed {MAX_EMIT_CHARS} characters: the rest is not shown ...]\n"
+        self.emit(text)
+
+    def last_line(self) -> str:
+        """The last non-empty line kept."""
+        with self._lock:
+            kept = list(self.head) + list(self.tail)
+        return next((line.strip() for line in reversed(kept) if line.strip()), "")
+
+    def found(self) -> tuple[str, str] | None:
+        """(hypothesis, description) from the output lines, or None."""
+        with self._lock:
+            hyp, desc = self.hypothesis, self.description
+        if not hyp and not desc:
+            return None
+        return (hyp or desc or "", desc or _first_line(hyp or ""))
 
 
 class CommandAgent:
@@ -69,22 +186,33 @@ class CommandAgent:
             raise UsageError("[agent] command_timeout must be a positive number of seconds")
         self.command = config.command
         self.timeout = float(config.command_timeout)
+        self.env_names = None if config.env is None else list(config.env)
         self.kill_grace = kill_grace
+        self.last_output: OutputScan | None = None  # the latest proposal's, for inspection
+
+    def environment(self, context: ProposalContext) -> dict[str, str]:
+        """The command's environment: the engine's, or only [agent] env plus BASE_ENV."""
+        if self.env_names is None:
+            env = dict(os.environ)
+        else:
+            env = {k: os.environ[k] for k in (*BASE_ENV, *self.env_names) if k in os.environ}
+        env["AUTORESEARCH_EXPERIMENT"] = str(context.n)
+        env["AUTORESEARCH_MUTABLE"] = " ".join(context.mutable)
+        env[WORKTREE_VAR] = str(Path(context.worktree).resolve())
+        return env
 
     def propose(self, context: ProposalContext) -> Proposal:
         worktree = Path(context.worktree)
         for name in PROPOSAL_FILES:  # a stale file from an earlier run must not be reused
             _remove(worktree / name)
-        env = dict(os.environ)
-        env["AUTORESEARCH_EXPERIMENT"] = str(context.n)
-        env["AUTORESEARCH_MUTABLE"] = " ".join(context.mutable)
-        output: deque[str] = deque(maxlen=MAX_OUTPUT_LINES)
+        if context.cancel.is_set():
+            raise ProposalCancelled("the proposal was cancelled before the agent command started")
+        output = self.last_output = OutputScan(context.emit)
         try:
             proc = subprocess.Popen(
-                self.command,
-                shell=True,
+                [sys.executable, "-I", "-S", str(LEASH), str(os.getpid()), self.command],
                 cwd=worktree,
-                env=env,
+                env=self.environment(context),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -93,15 +221,13 @@ class CommandAgent:
         except OSError as e:
             raise AgentError(f"could not start the agent command: {e}", transient=True) from None
 
+        context.on_process_group(proc.pid)
         writer = threading.Thread(target=_feed, args=(proc, prompt.command_prompt(context)), daemon=True)
-        reader = threading.Thread(target=_drain, args=(proc, output, context), daemon=True)
+        reader = threading.Thread(target=_drain, args=(proc, output), daemon=True)
         writer.start()
         reader.start()
         try:
-            returncode = proc.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            self._end_group(proc)
-            raise AgentError(f"the agent command ran past its {self.timeout:g}s limit and was killed", transient=True) from None
+            returncode = self._wait(proc, context)
         finally:
             self._end_group(proc)  # anything it left running in its group
             reader.join(timeout=5)
@@ -112,12 +238,30 @@ class CommandAgent:
                         pipe.close()
                 except OSError:
                     pass
+            context.on_process_group(None)
         if returncode != 0:
-            last = next((line.strip() for line in reversed(output) if line.strip()), "")
+            last = output.last_line()
             detail = f": {prompt.clip(last, 200)}" if last else ""
             raise AgentError(f"the agent command exited with status {returncode}{detail}", transient=True)
-        hypothesis, description = read_proposal(worktree, list(output))
+        hypothesis, description = read_proposal(worktree, output)
         return Proposal(hypothesis=hypothesis, description=description)
+
+    def _wait(self, proc: subprocess.Popen[bytes], context: ProposalContext) -> int:
+        """The command's exit status; kills it on cancel or at its time limit."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            returncode = proc.poll()
+            if returncode is not None:
+                return returncode
+            if context.cancel.is_set():
+                _signal_group(proc.pid, signal.SIGKILL)
+                self._end_group(proc)
+                raise ProposalCancelled("the proposal was cancelled: the agent command's process group was killed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._end_group(proc)
+                raise AgentError(f"the agent command ran past its {self.timeout:g}s limit and was killed", transient=True)
+            context.cancel.wait(min(0.05, left))
 
     def _end_group(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGTERM to the whole group, SIGKILL to whatever is left after the grace period."""
@@ -131,13 +275,13 @@ class CommandAgent:
                 return
             time.sleep(0.05)
         _signal_group(pgid, signal.SIGKILL)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            pass
+        deadline = time.monotonic() + 5
+        while _group_alive(pgid, proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _group_alive(pgid: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether any process of the group still runs (zombies waiting to be reaped do not)."""
     proc.poll()  # reap the leader so a zombie does not count as alive
     try:
         os.killpg(pgid, 0)
@@ -145,7 +289,19 @@ def _group_alive(pgid: int, proc: subprocess.Popen[bytes]) -> bool:
         return False
     except PermissionError:  # pragma: no cover - a reused id owned by someone else
         return False
-    return True
+    # Members of a killed group are reparented to PID 1, which in a container may never
+    # reap them: look at their state rather than wait for zombies to disappear.
+    return _live_member(pgid)
+
+
+def _live_member(pgid: int) -> bool:
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -153,6 +309,27 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def reap_stale_group(pgid: int | None, worktree: Path | str) -> bool:
+    """At start-up: SIGKILL what is left of an agent's process group that a previous
+    (killed) engine recorded. The group is touched only if one of its processes is
+    provably this run's agent: it carries AUTORESEARCH_WORKTREE for ``worktree`` in its
+    environment, or works inside it. A process group id is not reused while any
+    member lives, so one such process is proof for the whole group."""
+    if not pgid or pgid <= 1:
+        return False
+    root = Path(worktree).resolve()
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) != pgid:
+                continue
+            if p.environ().get(WORKTREE_VAR) == str(root) or Path(p.cwd()).resolve().is_relative_to(root):
+                _signal_group(pgid, signal.SIGKILL)
+                return True
+        except (psutil.Error, OSError):
+            continue
+    return False
 
 
 def _feed(proc: subprocess.Popen[bytes], text: str) -> None:
@@ -165,16 +342,20 @@ def _feed(proc: subprocess.Popen[bytes], text: str) -> None:
         pass
 
 
-def _drain(proc: subprocess.Popen[bytes], output: deque[str], context: ProposalContext) -> None:
-    """Stream the agent's output to the monitor line by line and keep the tail."""
+def _drain(proc: subprocess.Popen[bytes], output: OutputScan) -> None:
+    """Read the agent's output in chunks as it comes, never a whole line at once."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     try:
-        for raw in iter(proc.stdout.readline, b""):
-            line = strip_control(raw.decode("utf-8", "replace").rstrip("\n"))
-            output.append(line)
-            context.emit(line + "\n")
+        while True:
+            data = os.read(fd, READ_CHUNK)
+            if not data:
+                break
+            output.feed(data)
     except (OSError, ValueError):
         pass
+    finally:
+        output.close()
 
 
 def _remove(path: Path) -> None:
@@ -195,7 +376,7 @@ def _read_small(path: Path) -> str | None:
         return None
 
 
-def read_proposal(worktree: Path, output: list[str]) -> tuple[str, str]:
+def read_proposal(worktree: Path, output: OutputScan | Iterable[str]) -> tuple[str, str]:
     """(hypothesis, description) by the convention in the module docstring; deletes the files."""
     found: tuple[str, str] | None = None
     raw = _read_small(worktree / PROPOSAL_JSON)
@@ -208,7 +389,7 @@ def read_proposal(worktree: Path, output: list[str]) -> tuple[str, str]:
     for name in PROPOSAL_FILES:
         _remove(worktree / name)
     if found is None:
-        found = _from_output(output)
+        found = output.found() if isinstance(output, OutputScan) else _from_output(output)
     if found is None:
         found = (NO_HYPOTHESIS, describe_diff(worktree))
     hypothesis, description = found
@@ -235,19 +416,11 @@ def _from_markdown(raw: str) -> tuple[str, str] | None:
     return raw.strip(), _first_line(raw)
 
 
-def _from_output(lines: list[str]) -> tuple[str, str] | None:
-    hyp = desc = None
-    for line in reversed(lines):
-        s = line.strip()
-        if hyp is None and s.upper().startswith("HYPOTHESIS:"):
-            hyp = s[len("HYPOTHESIS:") :].strip()
-        elif desc is None and s.upper().startswith("DESCRIPTION:"):
-            desc = s[len("DESCRIPTION:") :].strip()
-        if hyp is not None and desc is not None:
-            break
-    if not hyp and not desc:
-        return None
-    return (hyp or desc or "", desc or _first_line(hyp or ""))
+def _from_output(lines: Iterable[str]) -> tuple[str, str] | None:
+    scan = OutputScan()
+    for line in lines:
+        scan.line(line)
+    return scan.found()
 
 
 def _first_line(text: str) -> str:
