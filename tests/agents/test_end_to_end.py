@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import pytest
 
+from engine.agents.command import reap_stale_group
 from engine.rundir import RunDir
 from tests.gitrepo import committed_repo
 
@@ -310,3 +312,47 @@ def test_claude_without_a_key_is_one_clear_line_and_status_2(repo):
     ]
     assert "Traceback" not in result.stdout + result.stderr
     assert not RunDir.for_tag(repo, "nokey").root.exists()  # nothing written
+
+
+HANGING_COMMAND_AGENT = """#!/bin/sh
+trap '' TERM
+(sleep 300; echo 'LR = 99' >> train.py) &
+echo $! > {pids}.helper
+echo $$ > {pids}.shell
+echo 'thinking for a long time'
+while true; do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_a_command_agent_does_not_outlive_its_engine(repo, engines, tmp_path, how):
+    # The agent ignores SIGTERM and leaves a helper that would edit train.py later: when
+    # the engine stops (or is killed) mid-proposal, nothing of it may run on.
+    pids = tmp_path / "pids"
+    script = tmp_path / "agent.sh"
+    script.write_text(HANGING_COMMAND_AGENT.format(pids=pids))
+    script.chmod(0o755)
+    toml = '[loop]\nbudget_seconds = 5\nbaseline_runs = 1\ndecision = "strict"\n'
+    engine = EngineProcess(repo, "hang", ["--agent", "command", "--agent-command", str(script)], dict(os.environ), toml)
+    engines.append(engine)
+    helper_file, shell_file = Path(f"{pids}.helper"), Path(f"{pids}.shell")
+    engine.wait_for("the agent to start", lambda: helper_file.exists() and shell_file.exists()
+                    and helper_file.read_text().strip() != "" and shell_file.read_text().strip() != "")
+    agent_pids = [int(helper_file.read_text()), int(shell_file.read_text())]
+    group = os.getpgid(agent_pids[1])
+    try:
+        engine.proc.send_signal(how)
+        engine.proc.wait(timeout=WAIT)
+
+        def dead(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        deadline = time.monotonic() + WAIT
+        while not all(dead(p) for p in agent_pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(dead(p) for p in agent_pids), "the agent outlived the engine"
+    finally:
+        reap_stale_group(group, engine.rd.worktree)  # never leave it behind, even when the test fails
