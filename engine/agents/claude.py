@@ -55,7 +55,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -585,10 +584,9 @@ class ClaudeAgent:
         usage.cost_usd = cost_usd(usage, self.price)
         return usage
 
-    @staticmethod
-    def _check_cancel(context: ProposalContext, usage: Usage) -> None:
+    def _check_cancel(self, context: ProposalContext, usage: Usage) -> None:
         if context.cancel.is_set():
-            raise ProposalCancelled("the proposal was cancelled", usage=usage)
+            raise ProposalCancelled("the proposal was cancelled", usage=self._priced(usage))
 
     # The request and what it may cost -------------------------------------------------
 

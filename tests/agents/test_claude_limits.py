@@ -286,7 +286,8 @@ def test_cancel_while_streaming_stops_before_any_tool_runs(api, make_context, wo
     assert (worktree / "train.py").read_text() == TRAIN_PY
 
 
-def test_cancel_cuts_a_retry_wait_short(api, make_context):
+def test_cancel_cuts_a_retry_wait_short_and_reports_what_was_spent(api, make_context):
+    api.add(message(tool("read_file", path="train.py"), usage={"input_tokens": 1000, "output_tokens": 0}))
     api.add(error(529, "overloaded_error"), message(EDIT, SUBMIT))
     holder = {}
 
@@ -296,10 +297,12 @@ def test_cancel_cuts_a_retry_wait_short(api, make_context):
 
     ctx = holder["ctx"] = make_context(emit=emit)
     # A backoff of about a minute: the cancel must end it, or this test would take that long.
-    a = ClaudeAgent(AgentConfig(max_retries=2, request_timeout=10.0), backoff_base=60.0, backoff_max=60.0)
-    with pytest.raises(ProposalCancelled):
+    a = ClaudeAgent(AgentConfig(model="claude-test-model", prices=PRICES, max_retries=2, request_timeout=10.0),
+                    backoff_base=60.0, backoff_max=60.0)
+    with pytest.raises(ProposalCancelled) as info:
         a.propose(ctx)
-    assert len(api.requests) == 1
+    assert len(api.requests) == 2
+    assert info.value.usage.cost_usd == pytest.approx(0.003)  # the engine still accounts it
 
 
 def test_streamed_text_is_stripped_of_control_bidi_and_invisible_characters(api, make_context):
