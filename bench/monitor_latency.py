@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--flood-seconds", type=float, default=15.0)
     args = parser.parse_args()
     repo, engine = make_run()
-    log_path = engine.run.experiment(engine.state["experiment"]) / "run.log"
+    log_path = engine.run.experiment(engine.state.experiment) / "run.log"
     tmux = Tmux(160, 50)
     try:
         tmux.start(monitor_command(repo))

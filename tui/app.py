@@ -188,7 +188,8 @@ class MonitorApp(App[str | None]):
         if changed & {"state", "hypothesis", "results", "alive"}:
             live.query_one(HypothesisPane).show(self.view, now)
         if "results" in changed:
-            live.query_one(ChartPane).show(self.view.results, self.view.baseline()[0])
+            baseline = self.view.baseline()
+            live.query_one(ChartPane).show(self.view.results, baseline.metric if baseline else None)
             self._history_add(batch)
         if "diff" in changed:
             live.query_one(DiffPane).show(self.view.diff, self.view.log_n)

@@ -13,42 +13,39 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widget import Widget
 
+from engine.results import Result, running_best
 from tui import fmt
 
 SPARK_WIDTH = 40
 
 
-def series(results: list[dict[str, Any]]) -> dict[str, list]:
+def series(results: list[Result]) -> dict[str, list]:
     """Split results into the plotted series: every scored run, kept ones, running best.
 
-    The running best follows the engine's rule, so chart and header agree: the mean of
-    the baseline runs, then the metric of each kept (or force-kept) change.
+    The running best is the engine's own (``engine.results.running_best``, the rule of
+    ``Standing``), so chart and header agree: the mean of the baseline runs, then the
+    metric of each kept (or force-kept) change. It is drawn as a step line with a point
+    at each scored run.
     """
     xs, ys, keep_x, keep_y, best_x, best_y = [], [], [], [], [], []
-    baselines: list[float] = []
-    best: float | None = None
-    for r in results:
-        m, n = r.get("metric"), r.get("n")
-        if not isinstance(m, (int, float)) or not isinstance(n, int):
+    last: float | None = None
+    for r, (n, best) in zip(results, running_best(results)):
+        if not r.scored:
             continue
+        metric = float(r.metric)  # type: ignore[arg-type]
         xs.append(n)
-        ys.append(float(m))
-        new_best = best
-        if r.get("status") == "baseline":
-            baselines.append(float(m))
-            new_best = sum(baselines) / len(baselines)
-        elif r.get("status") == "keep":
-            new_best = float(m)
-        if r.get("status") in ("keep", "baseline"):
+        ys.append(metric)
+        if r.status in ("keep", "baseline"):
             keep_x.append(n)
-            keep_y.append(float(m))
-        if best is not None and new_best != best:  # a vertical move at n: a step, not a slope
+            keep_y.append(metric)
+        if best is None:
+            continue
+        if last is not None and best != last:  # a vertical move at n: a step, not a slope
             best_x.append(n)
-            best_y.append(best)
-        best = new_best
-        if best is not None:
-            best_x.append(n)
-            best_y.append(best)
+            best_y.append(last)
+        best_x.append(n)
+        best_y.append(best)
+        last = best
     return {"x": xs, "y": ys, "keep_x": keep_x, "keep_y": keep_y, "best_x": best_x, "best_y": best_y}
 
 
@@ -89,7 +86,7 @@ class ChartPane(Vertical):
         super().__init__(**kwargs)
         self.redraws = 0  # counted so tests can check it redraws only on new results
         self.plot: Any = None
-        self._data: tuple[dict[str, list], float | None] = (series([]), None)
+        self.data: tuple[dict[str, list], float | None] = (series([]), None)  # the series and baseline last shown
 
     def compose(self) -> ComposeResult:
         yield SparkLine(id="spark")
@@ -104,12 +101,12 @@ class ChartPane(Vertical):
 
         self.plot = PlotextPlot(id="plot")
         self.mount(self.plot)
-        self._draw(*self._data)
+        self._draw(*self.data)
 
-    def show(self, results: list[dict[str, Any]], baseline: float | None) -> None:
+    def show(self, results: list[Result], baseline: float | None) -> None:
         self.redraws += 1
         s = series(results)  # once per result batch, shared by the sparkline and the plot
-        self._data = (s, baseline)
+        self.data = (s, baseline)
         self.query_one(SparkLine).set(s["y"], s["best_y"][-1] if s["best_y"] else None)
         self._draw(s, baseline)
 

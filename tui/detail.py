@@ -1,4 +1,5 @@
-"""One experiment in full: summary metrics and eval.json, hypothesis, diff, log.
+"""One experiment in full: its record (with train.py's summary), eval.json, hypothesis,
+diff, log.
 
 Files are read in a thread worker, so a 50 MB log never freezes the screen.
 """
@@ -6,6 +7,7 @@ Files are read in a thread worker, so a 50 MB log never freezes the screen.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -19,6 +21,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Log, Static, TabbedContent, TabPane
 
+from engine.results import Result, experiment_ref
 from engine.rundir import RunDir, read_json
 from tui import fmt
 from tui.diff_pane import diff_renderable
@@ -30,27 +33,26 @@ FULL_LOG_BYTES = 32 * 1024 * 1024  # beyond this only the tail of run.log is sho
 LOG_LINES = 200_000
 
 
-def summary_block(log_lines: list[str]) -> dict[str, str]:
-    """The ``key: value`` lines after the last ``---`` line of a train.py log."""
-    out: dict[str, str] = {}
-    for i in range(len(log_lines) - 1, -1, -1):
-        if log_lines[i].strip() == "---":
-            for line in log_lines[i + 1 :]:
-                key, sep, value = line.partition(":")
-                if sep and key.strip() and " " not in key.strip():
-                    out[key.strip()] = value.strip()
-            break
-    return out
+@dataclass
+class ExperimentFiles:
+    """What experiments/NNNN/ holds for the detail screen (None: the file is missing)."""
+
+    hypothesis: str | None
+    diff: str | None
+    eval: Any
+    log: list[str] | None
+    log_cut: int = 0  # bytes at the start of run.log that are not shown
 
 
-def load_experiment(run: RunDir, n: int) -> dict[str, Any]:
+def load_experiment(run: RunDir, n: int) -> ExperimentFiles:
     """Everything the detail screen shows, read from experiments/NNNN/."""
     exp = run.experiment(n)
-    data: dict[str, Any] = {
-        "hypothesis": read_small(exp / "hypothesis.md"),
-        "diff": read_small(exp / "diff.patch", limit=4 * 1024 * 1024),
-        "eval": read_json(exp / "eval.json"),
-    }
+    files = ExperimentFiles(
+        hypothesis=read_small(exp / "hypothesis.md"),
+        diff=read_small(exp / "diff.patch", limit=4 * 1024 * 1024),
+        eval=read_json(exp / "eval.json"),
+        log=None,
+    )
     try:
         size = (exp / "run.log").stat().st_size
         with open(exp / "run.log", "rb") as f:
@@ -58,38 +60,38 @@ def load_experiment(run: RunDir, n: int) -> dict[str, Any]:
                 f.seek(size - FULL_LOG_BYTES)
                 raw = f.read()
                 raw = raw[raw.find(b"\n") + 1 :]
-                data["log_cut"] = size - len(raw)
+                files.log_cut = size - len(raw)
             else:
                 raw = f.read()
-        data["log"] = decode_log_lines(raw if raw.endswith(b"\n") else raw + b"\n")
+        files.log = decode_log_lines(raw if raw.endswith(b"\n") else raw + b"\n")
     except FileNotFoundError:
-        data["log"] = None
-    return data
+        pass
+    return files
 
 
-def metrics_table(record: dict[str, Any], summary: dict[str, str], run: RunDir, style: Callable[[str], Style]) -> Table:
+def metrics_table(record: Result, run: RunDir, style: Callable[[str], Style]) -> Table:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="dim", no_wrap=True)
     t.add_column()
-    status = str(record.get("status", "?"))
-    label = status + (" (forced keep)" if record.get("forced") else "")
-    t.add_row("status", Text(label, style=style(fmt.STATUS_STYLE.get(status, ""))))
-    t.add_row(str(record.get("metric_name") or "val_bpb"), fmt.metric(record.get("metric"), 6))
-    t.add_row("delta vs best before", fmt.delta(record.get("delta"), 6))
-    if record.get("noise") is not None:
-        t.add_row("noise", fmt.metric(record.get("noise"), 6))
-    t.add_row("description", fmt.one_line(record.get("description")))
-    t.add_row("commit", str(record.get("commit") or "—"))
-    t.add_row("parent", str(record.get("parent") or "—"))
-    if isinstance(record.get("n"), int):
-        t.add_row("git ref", f"refs/autoresearch/{run.tag}/{record['n']:04d}")
-    t.add_row("started", fmt.clock(record.get("started_at")) if isinstance(record.get("started_at"), (int, float)) else "—")
-    t.add_row("training", fmt.duration(record.get("train_seconds")))
-    t.add_row("wall clock", fmt.duration(record.get("wall_seconds")))
-    if record.get("peak_mem_mb") is not None:
-        t.add_row("peak memory", f"{record['peak_mem_mb']:.0f} MB" if isinstance(record["peak_mem_mb"], (int, float)) else str(record["peak_mem_mb"]))
-    agent = record.get("agent")
-    if isinstance(agent, dict):
+    label = record.status + (" (forced keep)" if record.forced else "")
+    t.add_row("status", Text(label, style=style(fmt.STATUS_STYLE.get(record.status, ""))))
+    t.add_row(record.metric_name, fmt.metric(record.metric, 6))
+    t.add_row("delta vs best before", fmt.delta(record.delta, 6))
+    if record.noise is not None:
+        t.add_row("noise", fmt.metric(record.noise, 6))
+    t.add_row("description", fmt.one_line(record.description))
+    t.add_row("commit", record.commit or "—")
+    t.add_row("parent", record.parent or "—")
+    t.add_row("git ref", experiment_ref(run.tag, record.n))
+    t.add_row("started", fmt.clock(record.started_at))
+    t.add_row("training", fmt.duration(record.train_seconds))
+    t.add_row("wall clock", fmt.duration(record.wall_seconds))
+    if record.peak_mem_mb is not None:
+        t.add_row("peak memory", f"{record.peak_mem_mb:.0f} MB")
+    if record.sandbox:
+        t.add_row("sandbox", record.sandbox)
+    agent = record.agent
+    if agent is not None:
         who = str(agent.get("name") or "?") + (f" ({agent['model']})" if agent.get("model") else "")
         t.add_row("agent", who)
         tokens = agent.get("tokens")
@@ -99,10 +101,12 @@ def metrics_table(record: dict[str, Any], summary: dict[str, str], run: RunDir, 
             tokens = f"in {agent.get('input_tokens')}, out {agent.get('output_tokens')}"
         if tokens is not None:
             t.add_row("tokens", str(tokens))
-        cost = agent.get("cost") if agent.get("cost") is not None else agent.get("cost_usd")
+        cost = agent.get("cost_usd") if agent.get("cost_usd") is not None else agent.get("cost")
         if isinstance(cost, (int, float)):
             t.add_row("cost", f"${cost:.4f}")
-    for key, value in summary.items():
+    if record.error and record.status != "keep":
+        t.add_row("error", fmt.one_line(record.error))
+    for key, value in record.summary.items():  # train.py's "key: value" block, as the engine read it
         t.add_row(key, value)
     return t
 
@@ -123,12 +127,11 @@ class ExperimentScreen(Screen):
     ExperimentScreen Log { height: 1fr; }
     """
 
-    def __init__(self, run: RunDir, record: dict[str, Any]):
+    def __init__(self, run: RunDir, record: Result):
         super().__init__()
         self.run = run
         self.record = record
-        self.loaded: dict[str, Any] | None = None
-        self.summary: dict[str, str] = {}  # the summary block at the end of run.log
+        self.loaded: ExperimentFiles | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-head")
@@ -139,7 +142,7 @@ class ExperimentScreen(Screen):
                     yield Static(Text("eval.json: loading…", style="dim"), id="eval")
             with TabPane("Hypothesis", id="hypothesis"):
                 with VerticalScroll():
-                    yield Static(Text(str(self.record.get("hypothesis") or "loading…")), id="hypothesis-text")
+                    yield Static(Text(self.record.hypothesis or "loading…"), id="hypothesis-text")
             with TabPane("Diff", id="diff"):
                 with VerticalScroll():
                     yield Static(Text("loading…", style="dim"), id="diff-detail")
@@ -148,53 +151,47 @@ class ExperimentScreen(Screen):
         yield KeyBar()
 
     def on_mount(self) -> None:
-        n = self.record.get("n")
-        self.sub_title = f"#{n}"
+        self.sub_title = f"#{self.record.n}"
         self._paint()
         on_theme_change(self, self._paint)
-        if isinstance(n, int):
-            self.load(n)
+        self.load(self.record.n)
 
     def _paint(self) -> None:
         """The parts in theme colours: the head line, the metrics, the diff once loaded."""
         style = partial(theme_style, self)
         r = self.record
         head = Text()
-        head.append(f"Experiment #{r.get('n')}  ", style="bold")
-        status = str(r.get("status", "?"))
-        head.append(status, style=style(fmt.STATUS_STYLE.get(status, "")))
-        head.append(f"  val_bpb {fmt.metric(r.get('metric'))}  {fmt.one_line(r.get('description'))}")
+        head.append(f"Experiment #{r.n}  ", style="bold")
+        head.append(r.status, style=style(fmt.STATUS_STYLE.get(r.status, "")))
+        head.append(f"  {r.metric_name} {fmt.metric(r.metric)}  {fmt.one_line(r.description)}")
         self.query_one("#detail-head", Static).update(head)
-        self.query_one("#summary-metrics", Static).update(metrics_table(r, self.summary, self.run, style))
+        self.query_one("#summary-metrics", Static).update(metrics_table(r, self.run, style))
         if self.loaded is not None:
-            diff = self.loaded.get("diff")
+            diff = self.loaded.diff
             self.query_one("#diff-detail", Static).update(diff_renderable(diff, style) if diff else Text("(no diff.patch)", style="dim"))
 
     @work(thread=True, exit_on_error=False, group="detail")
     def load(self, n: int) -> None:
-        data = load_experiment(self.run, n)
-        self.app.call_from_thread(self.show, data)
+        files = load_experiment(self.run, n)
+        self.app.call_from_thread(self.show, files)
 
-    def show(self, data: dict[str, Any]) -> None:
-        self.loaded = data
-        log = data.get("log")
-        self.summary = summary_block(log) if log else {}
+    def show(self, files: ExperimentFiles) -> None:
+        self.loaded = files
         self._paint()
-        ev = data.get("eval")
         eval_text = Text()
         eval_text.append("eval.json\n", style="bold")
-        eval_text.append(json.dumps(ev, indent=2) if ev is not None else "(none: the run did not reach evaluation)")
+        eval_text.append(json.dumps(files.eval, indent=2) if files.eval is not None else "(none: the run did not reach evaluation)")
         self.query_one("#eval", Static).update(eval_text)
-        hyp = data.get("hypothesis") or self.record.get("hypothesis") or "(no hypothesis recorded)"
-        self.query_one("#hypothesis-text", Static).update(Text(str(hyp)))
+        hyp = files.hypothesis or self.record.hypothesis or "(no hypothesis recorded)"
+        self.query_one("#hypothesis-text", Static).update(Text(hyp))
         widget = self.query_one("#log-detail", Log)
         widget.clear()
-        if data.get("log_cut"):
-            widget.write_line(f"[... first {data['log_cut'] // 1024} KiB not shown ...]")
-        if log is None:
+        if files.log_cut:
+            widget.write_line(f"[... first {files.log_cut // 1024} KiB not shown ...]")
+        if files.log is None:
             widget.write_line("(no run.log)")
         else:
-            widget.write_lines(log, scroll_end=False)
+            widget.write_lines(files.log, scroll_end=False)
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab

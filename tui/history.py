@@ -7,8 +7,6 @@ Enter opens the experiment in full.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,59 +14,55 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
-from engine.results import STATUSES
+from engine.results import STATUSES, Result
 from engine.rundir import RunDir
 from tui import fmt
 from tui.keybar import KeyBar
-from tui.table import Column, Record, TableHeader, VirtualTable
+from tui.table import Column, TableHeader, VirtualTable
 from tui.themes import on_theme_change, theme_style
 
 
-def _num(value: Any, missing: float = float("inf")) -> float:
-    return float(value) if isinstance(value, (int, float)) else missing
+def _num(value: float | None, missing: float = float("inf")) -> float:
+    return value if value is not None else missing
 
 
-def _status_cell(r: Record) -> tuple[str, str]:
-    status = str(r.get("status", "?"))
-    label = status + (" (forced)" if r.get("forced") else "")
-    return label, fmt.STATUS_STYLE.get(status, "")
+def _status_cell(r: Result) -> tuple[str, str]:
+    return r.status + (" (forced)" if r.forced else ""), fmt.STATUS_STYLE.get(r.status, "")
 
 
-def _delta_cell(r: Record) -> tuple[str, str]:
-    d = r.get("delta")
-    style = "$success" if isinstance(d, (int, float)) and d < 0 and r.get("status") == "keep" else ""
-    return fmt.delta(d), style
+def _delta_cell(r: Result) -> tuple[str, str]:
+    d = r.delta
+    return fmt.delta(d), "$success" if d is not None and d < 0 and r.status == "keep" else ""
 
 
 COLUMNS = [
-    Column("n", "#", 5, lambda r: (str(r.get("n", "?")), "dim"), lambda r: _num(r.get("n")), right=True),
-    Column("status", "status", 11, _status_cell, lambda r: str(r.get("status", ""))),
-    Column("metric", "val_bpb", 9, lambda r: (fmt.metric(r.get("metric")), ""), lambda r: _num(r.get("metric")), right=True),
-    Column("delta", "delta", 8, _delta_cell, lambda r: _num(r.get("delta")), right=True),
-    Column("description", "description", None, lambda r: (fmt.one_line(r.get("description")), ""), lambda r: str(r.get("description") or "").lower()),
-    Column("duration", "time", 7, lambda r: (fmt.duration(r.get("wall_seconds")), "dim"), lambda r: _num(r.get("wall_seconds")), right=True),
-    Column("commit", "commit", 8, lambda r: (fmt.short_commit(r.get("commit")), "dim"), lambda r: str(r.get("commit") or "")),
+    Column("n", "#", 5, lambda r: (str(r.n), "dim"), lambda r: r.n, right=True),
+    Column("status", "status", 11, _status_cell, lambda r: r.status),
+    Column("metric", "val_bpb", 9, lambda r: (fmt.metric(r.metric), ""), lambda r: _num(r.metric), right=True),
+    Column("delta", "delta", 8, _delta_cell, lambda r: _num(r.delta), right=True),
+    Column("description", "description", None, lambda r: (fmt.one_line(r.description), ""), lambda r: r.description.lower()),
+    Column("duration", "time", 7, lambda r: (fmt.duration(r.wall_seconds), "dim"), lambda r: _num(r.wall_seconds), right=True),
+    Column("commit", "commit", 8, lambda r: (fmt.short_commit(r.commit), "dim"), lambda r: r.commit or ""),
 ]
 SORT_ORDER = [c.key for c in COLUMNS]
 
 
-def matches(record: Record, needle: str) -> bool:
+def matches(record: Result, needle: str) -> bool:
     if not needle:
         return True
-    for key in ("description", "hypothesis", "commit", "status"):
-        value = record.get(key)
-        if value and needle in str(value).lower():
+    for value in (record.description, record.hypothesis, record.commit, record.status):
+        if value and needle in value.lower():
             return True
-    return needle.lstrip("#") == str(record.get("n"))
+    return needle.lstrip("#") == str(record.n)
 
 
-def select_rows(records: list[Record], status: str, needle: str, sort_key: str, reverse: bool) -> list[Record]:
+def select_rows(records: list[Result], status: str, needle: str, sort_key: str, reverse: bool) -> list[Result]:
     """The records to show, in order. Pure, so it is tested without a screen."""
     needle = needle.strip().lower()
-    rows = [r for r in records if (status == "all" or r.get("status") == status) and matches(r, needle)]
+    rows = [r for r in records if (status == "all" or r.status == status) and matches(r, needle)]
     col = next(c for c in COLUMNS if c.key == sort_key)
     # Stable sort with n as the tie-breaker, so equal values keep a sensible order.
-    rows.sort(key=lambda r: _num(r.get("n")), reverse=reverse)
+    rows.sort(key=lambda r: r.n, reverse=reverse)
     rows.sort(key=col.sort_key, reverse=reverse)
     return rows
 
@@ -80,21 +74,21 @@ class Preview(VerticalScroll):
         yield Static(id="preview-text")
 
     def on_mount(self) -> None:
-        self.record: Record | None = None
+        self.record: Result | None = None
         on_theme_change(self, lambda: self.show(self.record))
 
-    def show(self, r: Record | None) -> None:
+    def show(self, r: Result | None) -> None:
         self.record = r
         style = partial(theme_style, self)
         out = Text()
         if r is None:
             out.append("no experiment selected", style="dim")
         else:
-            out.append(f"#{r.get('n')}  ", style="bold")
-            out.append(str(r.get("status", "?")), style=style(fmt.STATUS_STYLE.get(str(r.get("status")), "")))
-            out.append(f"  val_bpb {fmt.metric(r.get('metric'))}  Δ {fmt.delta(r.get('delta'))}\n\n")
-            out.append(fmt.one_line(r.get("description")) + "\n\n", style="bold")
-            out.append(str(r.get("hypothesis") or "(no hypothesis recorded)"))
+            out.append(f"#{r.n}  ", style="bold")
+            out.append(r.status, style=style(fmt.STATUS_STYLE.get(r.status, "")))
+            out.append(f"  {r.metric_name} {fmt.metric(r.metric)}  Δ {fmt.delta(r.delta)}\n\n")
+            out.append(fmt.one_line(r.description) + "\n\n", style="bold")
+            out.append(r.hypothesis or "(no hypothesis recorded)")
             out.append("\n\nEnter opens the diff, log and metrics.", style="dim")
         self.query_one("#preview-text", Static).update(out)
 
@@ -120,7 +114,7 @@ class HistoryScreen(Screen):
     """
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
 
-    def __init__(self, run: RunDir, records: list[Record]):
+    def __init__(self, run: RunDir, records: list[Result]):
         super().__init__()
         self.run = run
         self.records = records
@@ -152,8 +146,9 @@ class HistoryScreen(Screen):
         return self.query_one(VirtualTable)
 
     def statuses(self) -> list[str]:
-        present = {str(r.get("status")) for r in self.records}
-        return ["all"] + [s for s in STATUSES if s in present]
+        present = {r.status for r in self.records}
+        # The engine's order; a status this version does not know yet still gets a filter.
+        return ["all"] + [s for s in STATUSES if s in present] + sorted(present - set(STATUSES))
 
     def refilter(self) -> None:
         table = self.table
@@ -166,7 +161,7 @@ class HistoryScreen(Screen):
         self.query_one("#count", Static).update(Text(f"{len(rows):,} of {len(self.records):,}"))
         self.query_one(Preview).show(table.current)
 
-    def add_records(self, new: list[Record]) -> None:
+    def add_records(self, new: list[Result]) -> None:
         """New results arrived while the screen is open."""
         self.records.extend(new)
         self.refilter()

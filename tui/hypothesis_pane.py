@@ -42,7 +42,7 @@ class HypothesisPane(Widget):
         self.desc = Text()
         self.hyp = ""
         self.streaming = False
-        self.score = Text()
+        self.score: tuple[Text, ...] = ()  # the best, the counts, the agent: laid out in render()
         self._key: tuple | None = None
         self._shown: tuple[RunView, float] | None = None
         on_theme_change(self, self._restyle)
@@ -59,9 +59,9 @@ class HypothesisPane(Widget):
         head = self._head(view, view.phase, now)
         desc = view.description()
         hyp = view.hypothesis()
-        streaming = bool(hyp) and n is not None and n not in view.proposals and not view.state.get("hypothesis")
+        streaming = bool(hyp) and n is not None and n not in view.proposals and not view.state.hypothesis
         score = self._score(view)
-        key = (n, head.plain, desc, hyp, streaming, score.plain)
+        key = (n, head.plain, desc, hyp, streaming, tuple(t.plain for t in score))
         if key == self._key:
             return  # nothing new: no repaint (a slow SSH link pays for every one)
         self._key = key
@@ -78,7 +78,7 @@ class HypothesisPane(Widget):
         console = self.app.console
         head = self._fit(self.head, width)
         desc = self._fit(self.desc, width)
-        score_lines = list(self.score.wrap(console, width))
+        score_lines = [line for part in self._score_lines(width) for line in part.wrap(console, width)]
         room = height - 2 - len(score_lines)
         if room < 1:  # tiny: keep the head, the description and what fits of the scores
             return Group(*([head, desc] + score_lines)[:height])
@@ -93,6 +93,17 @@ class HypothesisPane(Widget):
                 lines = lines[: room - 1] + [Text("… (h, then Enter, shows it all)", style="dim")] if room > 1 else lines[:1]
         pad = [Text("")] * (room - len(lines))
         return Group(head, desc, *lines, *pad, *score_lines)
+
+    def _score_lines(self, width: int) -> list[Text]:
+        """The best on one line; the counts and the agent on the next when both fit,
+        else one line each (rather than a line broken in the middle of a name)."""
+        if not self.score:
+            return []
+        best, counts, agent = self.score
+        gap = "   "
+        if counts.cell_len + len(gap) + agent.cell_len <= width:
+            return [best, Text.assemble(counts, gap, agent)]
+        return [best, counts, agent]
 
     @staticmethod
     def _fit(text: Text, width: int) -> Text:
@@ -110,52 +121,52 @@ class HypothesisPane(Widget):
         line = Text()
         line.append(f" {phase.upper()} ", style="reverse")
         line.append("  ")
-        since = state.get("phase_started_at")
-        budget = state.get("budget")
-        if phase == "running" and isinstance(since, (int, float)) and isinstance(budget, (int, float)):
+        since = state.phase_started_at
+        budget = state.budget
+        if phase == "running" and since is not None and budget is not None:
             elapsed = max(0.0, now - since)
-            line.append_text(budget_bar(elapsed, float(budget), style))
+            line.append_text(budget_bar(elapsed, budget, style))
             line.append(f" {fmt.duration(elapsed)} / {fmt.duration(budget)}")
             if elapsed > budget:
                 line.append("  over budget", style=style("$warning"))
-        elif isinstance(since, (int, float)) and phase not in ("stopped",):
+        elif since is not None and phase not in ("stopped",):
             line.append(f"for {fmt.duration(max(0.0, now - since))}", style="dim")
         if view.pause_requested and phase != "paused":
             line.append("  pause requested", style=style("$warning"))
-        if state.get("stop_requested") and phase != "stopped":
+        if state.stop_requested and phase != "stopped":
             line.append("  stop requested", style=style("$error"))
-        if state.get("error"):
-            line.append(f"  error: {fmt.one_line(state['error'])}", style=style("$error"))
+        if state.error:
+            line.append(f"  error: {fmt.one_line(state.error)}", style=style("$error"))
         return line
 
-    def _score(self, view: RunView) -> Text:
-        best, best_n = view.best()
-        base, noise = view.baseline()
+    def _score(self, view: RunView) -> tuple[Text, Text, Text]:
+        best, base = view.best(), view.baseline()
         style = partial(theme_style, self)
         out = Text()
         out.append("best ", style="dim")
-        out.append(fmt.metric(best), style="bold")
-        if best_n is not None:
-            out.append(f" (#{best_n})", style="dim")
+        out.append(fmt.metric(best.metric if best else None), style="bold")
+        if best is not None:
+            out.append(f" (#{best.n})", style="dim")
         if best is not None and base is not None:
-            gain = best - base
-            pct = (gain / base * 100) if base else 0.0
+            gain = best.metric - base.metric
+            pct = (gain / base.metric * 100) if base.metric else 0.0
             out.append(f"  {fmt.delta(gain)} ({pct:+.2f}%)", style=style("$success" if gain < 0 else ""))
             out.append(" vs baseline ", style="dim")
-            out.append(fmt.metric(base))
-            if noise is not None:
-                out.append(f" ±{noise:.4f}", style="dim")
-        counts = view.counts()
-        out.append("\n")
-        out.append(f"keep {counts['keep']}", style=style("$success"))
-        out.append("  ·  ")
-        out.append(f"discard {counts['discard']}")
-        out.append("  ·  ")
-        out.append(f"crash {counts['crash']}", style=style("$error" if counts["crash"] else ""))
+            out.append(fmt.metric(base.metric))
+            if base.runs >= 2:  # one run has no spread to show
+                out.append(f" ±{base.noise:.4f}", style="dim")
+        counts = view.counts()  # grouped by the engine's rule (Standing.grouped_counts)
+        tally = Text()
+        tally.append(f"keep {counts['keep']}", style=style("$success"))
+        tally.append(" · ")
+        tally.append(f"discard {counts['discard']}")
+        tally.append(" · ")
+        tally.append(f"failed {counts['failed']}", style=style("$error" if counts["failed"] else ""))
+        tally.append(" · ")
+        tally.append(f"other {counts['other']}", style="dim")
         name, model = view.agent()
-        cost = view.cost()
-        out.append("   agent ", style="dim")
-        out.append(name if not model else f"{name} ({model})")
-        if cost is not None:
-            out.append(f"  ${cost:.2f}")
-        return out
+        agent = Text()
+        agent.append("agent ", style="dim")
+        agent.append(name if not model else f"{name} ({model})")
+        agent.append(f"  ${view.cost():.2f}")
+        return out, tally, agent

@@ -157,7 +157,7 @@ class LiveScreen(Screen):
         silent, or an error it reported (the experiment pane has room for its start only)."""
         self._banner = (view, engine, now)
         banner = self.query_one("#banner", Static)
-        error = fmt.one_line(view.state.get("error")).rstrip(".")
+        error = fmt.one_line(view.state.error).rstrip(".")
         if engine not in ("gone", "stale", "stopped") and not (engine == "running" and error):
             banner.set_class(False, "-show")
             return

@@ -9,12 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.results import IN_FLIGHT_PHASES, Baseline, Best, Result, Standing, State
 from tui.rundata import Batch
 
-# Statuses that mean "the run failed" for the keep/discard/crash counts.
-FAILED = ("crash", "timeout", "hang", "oom", "nan", "interrupted")
-# Phases in which an experiment is in flight (skip / force-keep make sense).
-IN_FLIGHT = ("checking", "running", "evaluating")
 # A live engine writes its heartbeat every few seconds; past this it looks stuck.
 HEARTBEAT_STALE_S = 60.0
 
@@ -29,8 +26,10 @@ class Ack:
 @dataclass
 class RunView:
     tag: str
-    state: dict[str, Any] = field(default_factory=dict)
-    results: list[dict[str, Any]] = field(default_factory=list)
+    state: State = field(default_factory=State)
+    results: list[Result] = field(default_factory=list)
+    # The results folded by the engine's own rule, as they arrive (one add per result).
+    standing: Standing = field(default_factory=Standing)
     alive: bool | None = None  # None until the first check
     log_n: int | None = None
     diff: str = ""
@@ -48,9 +47,12 @@ class RunView:
             changed.add("state")
         if batch.results_reset:
             self.results = []
+            self.standing = Standing()
             changed.add("results")
         if batch.results:
             self.results.extend(batch.results)
+            for r in batch.results:
+                self.standing.add(r)
             changed.add("results")
         for ev in batch.events:
             changed |= self._apply_event(ev)
@@ -99,27 +101,24 @@ class RunView:
 
     @property
     def n(self) -> int | None:
-        n = self.state.get("experiment")
-        return n if isinstance(n, int) else self.log_n
+        n = self.state.experiment
+        return n if n is not None else self.log_n
 
     @property
     def phase(self) -> str:
-        phase = self.state.get("phase")
-        if isinstance(phase, str) and phase:
-            return phase
-        return "waiting"
+        return self.state.phase or "waiting"
 
     @property
     def paused(self) -> bool:
-        return bool(self.state.get("paused")) or self.phase == "paused"
+        return self.state.paused or self.phase == "paused"
 
     @property
     def pause_requested(self) -> bool:
-        return bool(self.state.get("pause_requested"))
+        return self.state.pause_requested
 
     @property
     def in_flight(self) -> bool:
-        return self.phase in IN_FLIGHT
+        return self.phase in IN_FLIGHT_PHASES
 
     @property
     def finished(self) -> bool:
@@ -131,74 +130,42 @@ class RunView:
             return str(self.proposals[n]["hypothesis"])
         if n is not None and n in self.streamed:
             return self.streamed[n]
-        if self.state.get("hypothesis"):
-            return str(self.state["hypothesis"])
-        return ""
+        return self.state.hypothesis or ""
 
     def description(self) -> str:
         n = self.n
         if n is not None and n in self.proposals and self.proposals[n].get("description"):
             return str(self.proposals[n]["description"])
-        return str(self.state.get("description") or "")
+        return self.state.description or ""
 
     def counts(self) -> dict[str, int]:
-        """keep / discard / crash (every failure) / other, from state or the results."""
-        raw = self.state.get("counts")
-        if not isinstance(raw, dict) or not raw:
-            raw = {}
-            for r in self.results:
-                s = r.get("status")
-                raw[s] = raw.get(s, 0) + 1
-        out = {"keep": 0, "discard": 0, "crash": 0}
-        for status, count in raw.items():
-            if not isinstance(count, int):
-                continue
-            if status == "keep":
-                out["keep"] += count
-            elif status == "discard":
-                out["discard"] += count
-            elif status in FAILED:
-                out["crash"] += count
-        return out
+        """keep / discard / failed / other, grouped by the engine's rule
+        (``Standing.grouped_counts``): from state.json's counts, else from the results."""
+        if self.state.counts:
+            standing = Standing()
+            standing.counts.update(self.state.counts)
+            return standing.grouped_counts()
+        return self.standing.grouped_counts()
 
-    def best(self) -> tuple[float | None, int | None]:
-        best = self.state.get("best")
-        if isinstance(best, dict) and isinstance(best.get("metric"), (int, float)):
-            return float(best["metric"]), best.get("n")
-        pick: tuple[float | None, int | None] = (None, None)
-        for r in self.results:
-            m = r.get("metric")
-            if r.get("status") in ("keep", "baseline") and isinstance(m, (int, float)):
-                if pick[0] is None or m < pick[0]:
-                    pick = (float(m), r.get("n"))
-        return pick
+    def best(self) -> Best | None:
+        """The engine's best (state.json), else the results folded by the same rule."""
+        return self.state.best or self.standing.best
 
-    def baseline(self) -> tuple[float | None, float | None]:
-        base = self.state.get("baseline")
-        if isinstance(base, dict) and isinstance(base.get("metric"), (int, float)):
-            noise = base.get("noise")
-            return float(base["metric"]), float(noise) if isinstance(noise, (int, float)) else None
-        metrics = [r["metric"] for r in self.results if r.get("status") == "baseline" and isinstance(r.get("metric"), (int, float))]
-        if metrics:
-            return sum(metrics) / len(metrics), None
-        return None, None
+    def baseline(self) -> Baseline | None:
+        return self.state.baseline or self.standing.baseline
 
     def agent(self) -> tuple[str, str | None]:
-        agent = self.state.get("agent")
-        if isinstance(agent, dict):
-            return str(agent.get("name") or "?"), agent.get("model")
+        agent = self.state.agent
+        if agent is not None:
+            model = agent.get("model")
+            return str(agent.get("name") or "?"), str(model) if model else None
         return "?", None
 
-    def cost(self) -> float | None:
-        cost = self.state.get("cost_usd")
-        return float(cost) if isinstance(cost, (int, float)) else None
+    def cost(self) -> float:
+        return self.state.cost_usd
 
     def last_seen(self) -> float | None:
-        for key in ("heartbeat_at", "updated_at"):
-            ts = self.state.get(key)
-            if isinstance(ts, (int, float)):
-                return float(ts)
-        return self.last_event_ts
+        return self.state.heartbeat_at or self.state.updated_at or self.last_event_ts
 
     def engine_state(self, now: float) -> str:
         """"running", "stale" (alive but silent), "stopped" (exited cleanly) or "gone"."""

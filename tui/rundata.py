@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.lock import is_locked
+from engine.results import Result, State, parse_results
 from engine.rundir import RunDir, parse_jsonl_lines, read_json
 from engine.untrusted import strip_control
 
@@ -36,11 +37,15 @@ FLOOD_RATE = 1000.0  # ...and above this, at flood_interval (4 a second)
 
 @dataclass
 class Batch:
-    """Everything new since the previous batch. Empty fields mean "no change"."""
+    """Everything new since the previous batch. Empty fields mean "no change".
 
-    state: dict[str, Any] | None = None
+    Results and the state come typed (engine/results.py); events stay dicts, one per
+    line of events.jsonl, since their fields depend on their type.
+    """
+
+    state: State | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
-    results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
     results_reset: bool = False  # results.jsonl was replaced: ``results`` is the whole list
     log_n: int | None = None  # the experiment whose run.log ``log_lines`` come from
     log_reset: bool = False  # a different run.log (new experiment): clear the pane first
@@ -174,7 +179,7 @@ class RunReader:
         self.run = run
         self._alive_fn = alive
         self._state_stamp: tuple[int, int, int] | None = None
-        self.state: dict[str, Any] = {}
+        self.state = State()
         self._events = FileTail(run.events_jsonl, backlog_bytes=EVENTS_BACKLOG_BYTES)
         self._results = FileTail(run.results_jsonl)
         self.log_n: int | None = None
@@ -185,9 +190,8 @@ class RunReader:
         self._latest_event_n: int | None = None
 
     def current_n(self) -> int | None:
-        n = self.state.get("experiment")
-        if isinstance(n, int):
-            return n
+        if self.state.experiment is not None:
+            return self.state.experiment
         return self._latest_event_n
 
     def collect(self) -> Batch:
@@ -197,10 +201,10 @@ class RunReader:
         stamp = _stamp(run.state_json)
         if stamp != self._state_stamp:
             self._state_stamp = stamp
-            state = read_json(run.state_json)
-            if isinstance(state, dict):
-                self.state = state
-                batch.state = state
+            raw = read_json(run.state_json)
+            if isinstance(raw, dict):  # missing or half-written: keep the last good one
+                self.state = State.from_dict(raw)
+                batch.state = self.state
 
         data = self._events.read()
         if data:
@@ -212,8 +216,8 @@ class RunReader:
         data = self._results.read()
         if self._results.reset:
             batch.results_reset = True
-        if data:
-            batch.results = list(parse_jsonl_lines(data))
+        if data:  # a line that is not a record (no integer n, no status) is skipped
+            batch.results = parse_results(parse_jsonl_lines(data))
 
         n = self.current_n()
         if n is not None and n != self.log_n:

@@ -26,7 +26,7 @@ from textual.widgets import Static
 
 from tui.themes import on_theme_change, theme_style
 
-Record = dict[str, Any]
+Record = Any  # a row: whatever the columns' functions read (the history's rows are Results)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,16 @@
 """A small stand-in for the engine: it writes a run directory the way the real one does
-(engine/rundir.py's format) and answers a real control socket.
+(engine/rundir.py's format, records built with engine/results.py: ``Result``, ``State``,
+best, baseline and counts folded by ``Standing``) and answers a real control socket.
 
 The monitor is a client of those files and that socket only, so tests drive it with
 this: write a state, stream hypothesis text, append log lines, finish an experiment,
-die. Every command the monitor sends is recorded in ``commands``.
+die, resume. Every command the monitor sends is recorded in ``commands``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.control import ControlServer, accepted, refused
+from engine.results import INTERRUPTIBLE_PHASES, Result, Standing, State
 from engine.rundir import RunDir, append_jsonl, atomic_write_json
 
 T0 = 1_800_000_000.0  # a fixed "now" for deterministic pictures
@@ -41,8 +44,12 @@ DIFF = """diff --git a/train.py b/train.py
 """
 
 
+SANDBOX = "bwrap 0.8.0"  # what state.json says when training runs confined
+
+
 class FakeEngine:
-    def __init__(self, repo: Path, tag: str = "test", *, t0: float = T0, agent: dict | None = None):
+    def __init__(self, repo: Path, tag: str = "test", *, t0: float = T0, agent: dict | None = None,
+                 sandbox: str = SANDBOX):
         self.repo = Path(repo)
         self.run = RunDir.for_tag(self.repo, tag)
         self.run.experiments.mkdir(parents=True, exist_ok=True)
@@ -52,28 +59,13 @@ class FakeEngine:
         self.reply_delay = 0.0
         self.server: ControlServer | None = None
         self._lock = threading.Lock()
-        self.state: dict[str, Any] = {
-            "tag": tag,
-            "pid": os.getpid(),
-            "phase": "starting",
-            "experiment": None,
-            "budget": 60,
-            "timeout": 210,
-            "paused": False,
-            "pause_requested": False,
-            "stop_requested": False,
-            "best": None,
-            "baseline": None,
-            "counts": {},
-            "agent": agent or {"name": "heuristic", "model": None},
-            "cost_usd": 0.0,
-            "hypothesis": None,
-            "description": None,
-            "error": None,
-            "updated_at": t0,
-            "heartbeat_at": t0,
-        }
-        self.results: list[dict[str, Any]] = []
+        self.state = State(
+            tag=tag, pid=os.getpid(), phase="starting", budget=60.0, timeout=210.0,
+            agent=agent or {"name": "heuristic", "model": None}, sandbox=sandbox,
+            updated_at=t0, heartbeat_at=t0,
+        )
+        self.results: list[Result] = []
+        self.standing = Standing()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -83,9 +75,9 @@ class FakeEngine:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.ftruncate(self._lock_fd, 0)
         os.write(self._lock_fd, f"{os.getpid()}\n".encode())
-        self.state["pid"] = os.getpid()
+        self.state.pid = os.getpid()
         self.write_state()
-        self.event("engine", event="start", pid=self.state["pid"])
+        self.event("engine", event="start", pid=self.state.pid)
         if serve:
             self.server = ControlServer(self.run.socket, self.handle)
             self.server.start()
@@ -108,7 +100,7 @@ class FakeEngine:
         self.release()
         pid = dead_pid()
         self.run.lock.write_text(f"{pid}\n")
-        self.state["pid"] = pid
+        self.state.pid = pid
 
     # -- the control socket ------------------------------------------------------------
 
@@ -138,10 +130,11 @@ class FakeEngine:
     # -- writing the run directory -----------------------------------------------------
 
     def write_state(self) -> None:
-        atomic_write_json(self.run.state_json, self.state)
+        atomic_write_json(self.run.state_json, self.state.to_dict())
 
     def set_state(self, **changes: Any) -> None:
-        self.state.update(changes)
+        """Change fields of ``State`` (an unknown name is an error, as in the engine)."""
+        self.state.update(**changes)
         self.write_state()
 
     def event(self, type_: str, ts: float | None = None, **fields: Any) -> None:
@@ -158,7 +151,7 @@ class FakeEngine:
         self.event("phase", n=n, phase="proposing", ts=at)
         for chunk in stream or [hypothesis]:
             self.event("hypothesis", n=n, text=chunk, ts=at)
-        self.event("proposal", n=n, hypothesis=hypothesis, description=description, agent=self.state["agent"], ts=at)
+        self.event("proposal", n=n, hypothesis=hypothesis, description=description, agent=self.state.agent, ts=at)
         (exp / "hypothesis.md").write_text(hypothesis + "\n")
         (exp / "diff.patch").write_text(diff)
         self.set_state(phase=phase, phase_started_at=at, hypothesis=hypothesis, description=description)
@@ -173,35 +166,57 @@ class FakeEngine:
             if lines:
                 f.write(("\n".join(lines) + "\n").encode())
 
-    def finish(self, n: int, status: str, metric: float | None, description: str = "", **extra: Any) -> dict[str, Any]:
-        best = self.state.get("best")
-        best_metric = best["metric"] if best else None
-        delta = (metric - best_metric) if (metric is not None and best_metric is not None) else None
-        record = {
-            "n": n, "status": status, "metric": metric, "metric_name": "val_bpb", "delta": delta,
-            "noise": 0.002, "forced": False, "commit": f"{n:04d}abcdef0123456789", "parent": "0000000",
-            "description": description, "hypothesis": extra.pop("hypothesis", f"hypothesis {n}"),
-            "started_at": self.t0 + n * 100, "ended_at": self.t0 + n * 100 + 75,
-            "train_seconds": 60.0, "wall_seconds": 75.0, "peak_mem_mb": 812.0,
-            "agent": {"name": "heuristic", "model": None, "tokens": 0, "cost": 0.0},
-        }
-        record.update(extra)
-        append_jsonl(self.run.results_jsonl, record, fsync=False)
-        self.results.append(record)
-        counts = dict(self.state.get("counts") or {})
-        counts[status] = counts.get(status, 0) + 1
-        changes: dict[str, Any] = {"counts": counts, "phase": "deciding"}
-        if status == "baseline" and metric is not None:
-            changes["baseline"] = {"metric": metric, "noise": 0.002}
-            if best_metric is None or metric < best_metric:
-                changes["best"] = {"n": n, "metric": metric, "commit": record["commit"]}
-        if status == "keep" and metric is not None:
-            changes["best"] = {"n": n, "metric": metric, "commit": record["commit"]}
-        if metric is not None:
-            atomic_write_json(self.run.experiment(n) / "eval.json", {"val_bpb": metric, "bytes": 123456})
-        self.set_state(**changes)
-        self.event("result", n=n, status=status, metric=metric)
-        return record
+    def finish(self, n: int, status: str, metric: float | None, description: str = "", **fields: Any) -> Result:
+        """Record experiment n as the engine does: results.jsonl, eval.json, the state
+        (best, baseline and counts from ``Standing``), a ``result`` event. ``fields``
+        are more of ``Result``'s fields (forced=True, wall_seconds=..., ...)."""
+        best = self.standing.best
+        record = dict(
+            n=n, status=status, metric=metric, delta=(metric - best.metric) if metric is not None and best else None,
+            noise=0.002, commit=f"{n:04d}abcdef0123456789", parent="0000000", description=description,
+            hypothesis=f"hypothesis {n}", started_at=self.t0 + n * 100, ended_at=self.t0 + n * 100 + 75,
+            train_seconds=60.0, wall_seconds=75.0, peak_mem_mb=812.0,
+            agent={"name": "heuristic", "model": None, "tokens": 0, "cost_usd": 0.0},
+            baseline=status == "baseline", sandbox=self.state.sandbox,
+        )
+        record.update(fields)
+        return self.record(Result(**record))
+
+    def record(self, result: Result) -> Result:
+        append_jsonl(self.run.results_jsonl, result.to_dict(), fsync=False)
+        self.results.append(result)
+        self.standing.add(result)
+        if result.scored:
+            atomic_write_json(self.run.experiment(result.n) / "eval.json", {"val_bpb": result.metric, "bytes": 123456})
+        self.set_state(phase="deciding", **self.standing_fields())
+        self.event("result", **result.short())
+        return result
+
+    def standing_fields(self) -> dict[str, Any]:
+        return {"best": self.standing.best, "baseline": self.standing.baseline, "counts": dict(self.standing.counts)}
+
+    def resume(self) -> None:
+        """The engine was killed mid-experiment and started again: the experiment in
+        flight is recorded as interrupted, the state written afresh, a "resume" event."""
+        previous = self.state
+        if previous.experiment is not None and previous.phase in INTERRUPTIBLE_PHASES:
+            result = Result(
+                n=previous.experiment, status="interrupted", baseline=previous.baseline_run,
+                started_at=previous.started_at, ended_at=previous.heartbeat_at,
+                description=previous.description or "", hypothesis=previous.hypothesis or "",
+                error="the engine stopped during this experiment",
+            )
+            append_jsonl(self.run.results_jsonl, result.to_dict(), fsync=False)
+            self.results.append(result)
+            self.standing.add(result)
+            self.event("result", **result.short())
+        self.state = State(
+            tag=previous.tag, pid=os.getpid(), phase="starting", phase_started_at=self.t0, budget=previous.budget,
+            timeout=previous.timeout, agent=previous.agent, cost_usd=previous.cost_usd, sandbox=previous.sandbox,
+            updated_at=self.t0, heartbeat_at=self.t0, **self.standing_fields(),
+        )
+        self.write_state()
+        self.event("engine", event="resume", pid=self.state.pid)
 
 
 STATUS_MIX = ["discard"] * 6 + ["keep"] * 2 + ["crash", "timeout", "skipped", "rejected"]
@@ -223,21 +238,37 @@ def history(engine: FakeEngine, count: int, seed: int = 7) -> None:
             metric = round(best + 0.001, 4)
         lines.append((n, status, metric, f"change {n}: tweak {rng.choice(['LR', 'WARMUP', 'DEPTH', 'WIDTH', 'DROPOUT'])}"))
     # Written in one go: thousands of appends with fsync would dominate the test time.
-    counts: dict[str, int] = {"baseline": 1}
     with open(engine.run.results_jsonl, "a", encoding="utf-8") as f:
-        import json
-
         for n, status, metric, desc in lines:
-            record = {
-                "n": n, "status": status, "metric": metric, "metric_name": "val_bpb",
-                "delta": None if metric is None else round(metric - best, 4), "noise": 0.002, "forced": False,
-                "commit": f"{n:07x}", "description": desc, "hypothesis": f"Because {desc} should help.",
-                "wall_seconds": 70 + n % 10, "train_seconds": 60,
-            }
-            f.write(json.dumps(record) + "\n")
-            engine.results.append(record)
-            counts[status] = counts.get(status, 0) + 1
-    engine.set_state(counts=counts, best={"n": None, "metric": best, "commit": None})
+            result = Result(
+                n=n, status=status, metric=metric, delta=None if metric is None else round(metric - best, 4),
+                noise=0.002, commit=f"{n:07x}", description=desc, hypothesis=f"Because {desc} should help.",
+                wall_seconds=70 + n % 10, train_seconds=60, sandbox=engine.state.sandbox,
+            )
+            f.write(json.dumps(result.to_dict()) + "\n")
+            engine.results.append(result)
+            engine.standing.add(result)
+    engine.set_state(**engine.standing_fields())
+
+
+def every_status(engine: FakeEngine) -> None:
+    """A journal with every status the engine writes, a forced keep that is worse than
+    the best (a person's keep moves the best up), and a resumed run: the engine killed
+    during #12, which the next engine records as interrupted."""
+    engine.finish(0, "baseline", 1.900, "baseline, first run")
+    engine.finish(1, "baseline", 1.912, "baseline, second run")
+    engine.finish(2, "keep", 1.880, "raise LR")
+    engine.finish(3, "discard", 1.895, "deeper")
+    for n, status in enumerate(("crash", "timeout", "hang", "oom", "nan"), start=4):
+        engine.finish(n, status, None, f"breaks: {status}", error=f"the run ended as {status}")
+    engine.finish(9, "skipped", None, "skipped by a person")
+    engine.finish(10, "rejected", None, "touches prepare.py")
+    engine.finish(11, "keep", 1.891, "wider, kept by a person", forced=True)
+    engine.begin(12, "longer warmup", "A longer warmup steadies the first steps.")
+    engine.log(12, "step 1 | loss 3.0")
+    engine.resume()
+    engine.finish(13, "discard", 1.897, "shorter warmup")
+    engine.begin(14, "smaller batch", "More steps within the budget.")
 
 
 def main(argv: list[str]) -> None:

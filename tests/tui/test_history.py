@@ -12,7 +12,8 @@ from textual.widgets import Log, Static
 from tests.tui.conftest import FixedSampler, wait_for
 from tests.tui.fake_engine import history
 from tui.app import MonitorApp
-from tui.detail import ExperimentScreen, summary_block
+from engine.results import Result, experiment_ref
+from tui.detail import ExperimentScreen
 from tui.history import HistoryScreen, select_rows
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +28,7 @@ def plain(widget: Static) -> str:
 
 
 def shown(screen: HistoryScreen) -> list[int]:
-    return [r["n"] for r in screen.table.rows]
+    return [r.n for r in screen.table.rows]
 
 
 async def open_history(pilot, app, count: int) -> HistoryScreen:
@@ -45,26 +46,26 @@ async def test_history_sorts_filters_and_searches(engine):
         assert shown(screen) == list(range(39, -1, -1))  # newest first
         assert str(screen.query_one("#count", Static).render()) == "40 of 40"
         await pilot.press("o")  # sort by status, ascending
-        statuses = [r["status"] for r in screen.table.rows]
+        statuses = [r.status for r in screen.table.rows]
         assert statuses == sorted(statuses)
         await pilot.press("i")
-        assert [r["status"] for r in screen.table.rows] == sorted(statuses, reverse=True)
+        assert [r.status for r in screen.table.rows] == sorted(statuses, reverse=True)
         screen.sort_key, screen.reverse = "metric", False
         screen.refilter()
-        metrics = [r["metric"] for r in screen.table.rows if r["metric"] is not None]
-        assert metrics == sorted(metrics) and screen.table.rows[-1]["metric"] is None  # no metric sorts last
+        metrics = [r.metric for r in screen.table.rows if r.metric is not None]
+        assert metrics == sorted(metrics) and screen.table.rows[-1].metric is None  # no metric sorts last
         await pilot.press("f")  # first status present in the data
         assert screen.status == "baseline" and shown(screen) == [0]
         while screen.status != "keep":
             await pilot.press("f")
-        keeps = [r["n"] for r in engine.results if r["status"] == "keep"]
+        keeps = [r.n for r in engine.results if r.status == "keep"]
         assert sorted(shown(screen)) == sorted(keeps)
         while screen.status != "all":
             await pilot.press("f")
         await pilot.press("slash")
         screen.query_one("#search").value = "WIDTH"
         await wait_for(pilot, lambda: screen.needle == "WIDTH", "the search applied")
-        wanted = {r["n"] for r in engine.results if "WIDTH" in r["description"]}
+        wanted = {r.n for r in engine.results if "WIDTH" in r.description}
         assert wanted and set(shown(screen)) == wanted
         await pilot.press("enter", "escape")  # back to the list, then back to live
         assert not isinstance(app.screen, HistoryScreen)
@@ -74,7 +75,9 @@ async def test_enter_opens_the_experiment_in_full(engine):
     engine.finish(0, "baseline", 1.9, "baseline")
     engine.begin(1, "raise LR", "Higher LR, faster descent.")
     engine.log(1, "step 1 | loss 3.0", "---", "training_seconds: 60.1", "num_steps: 1234")
-    engine.finish(1, "keep", 1.8, "raise LR", hypothesis="Higher LR, faster descent.")
+    # The engine reads train.py's summary block as the run goes and keeps it in the record.
+    engine.finish(1, "keep", 1.8, "raise LR", hypothesis="Higher LR, faster descent.",
+                  summary={"training_seconds": "60.1", "num_steps": "1234"})
     app = MonitorApp(engine.run, sampler=FixedSampler())
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_history(pilot, app, 2)
@@ -84,8 +87,8 @@ async def test_enter_opens_the_experiment_in_full(engine):
         detail = app.screen
         await wait_for(pilot, lambda: detail.loaded is not None, "the files")
         summary = plain(detail.query_one("#summary-metrics", Static))
-        assert "1.800000" in summary and "refs/autoresearch/test/0001" in summary
-        assert "num_steps" in summary and "1234" in summary  # train.py's summary block
+        assert "1.800000" in summary and experiment_ref("test", 1) in summary  # the engine's ref name
+        assert "num_steps" in summary and "1234" in summary  # train.py's summary block, from the record
         assert '"val_bpb": 1.8' in plain(detail.query_one("#eval", Static))
         assert "Higher LR" in plain(detail.query_one("#hypothesis-text", Static))
         await pilot.press("4")
@@ -111,25 +114,20 @@ async def test_ten_thousand_experiments_open_and_scroll(engine):
         screen = await open_history(pilot, app, 10_000)
         assert len(screen.table.rows) == 10_000
         await pilot.press("end")
-        assert screen.table.current["n"] == 0
+        assert screen.table.current.n == 0
         assert screen.table.scroll_y == screen.table.max_scroll_y > 9000
         await pilot.press("pageup", "up")
-        assert screen.table.current["n"] < 100
+        assert screen.table.current.n < 100
 
 
 def test_select_rows_is_stable_and_searches_every_field():
     records = [
-        {"n": 0, "status": "baseline", "metric": 2.0, "description": "baseline"},
-        {"n": 1, "status": "keep", "metric": 1.9, "description": "depth 8", "commit": "abc1234"},
-        {"n": 2, "status": "discard", "metric": 1.9, "description": "width", "hypothesis": "wider is better"},
+        Result(n=0, status="baseline", metric=2.0, description="baseline"),
+        Result(n=1, status="keep", metric=1.9, description="depth 8", commit="abc1234"),
+        Result(n=2, status="discard", metric=1.9, description="width", hypothesis="wider is better"),
     ]
-    assert [r["n"] for r in select_rows(records, "all", "", "metric", False)] == [1, 2, 0]
-    assert [r["n"] for r in select_rows(records, "all", "WIDER", "n", False)] == [2]
-    assert [r["n"] for r in select_rows(records, "all", "abc12", "n", False)] == [1]
-    assert [r["n"] for r in select_rows(records, "keep", "", "n", False)] == [1]
-    assert [r["n"] for r in select_rows(records, "all", "#2", "n", False)] == [2]
-
-
-def test_summary_block_parses_the_last_block():
-    lines = ["---", "old: 1", "step 9", "---", "val_loss: 1.2", "num_params_M: 3.4", "not a pair"]
-    assert summary_block(lines) == {"val_loss": "1.2", "num_params_M": "3.4"}
+    assert [r.n for r in select_rows(records, "all", "", "metric", False)] == [1, 2, 0]
+    assert [r.n for r in select_rows(records, "all", "WIDER", "n", False)] == [2]
+    assert [r.n for r in select_rows(records, "all", "abc12", "n", False)] == [1]
+    assert [r.n for r in select_rows(records, "keep", "", "n", False)] == [1]
+    assert [r.n for r in select_rows(records, "all", "#2", "n", False)] == [2]

@@ -50,10 +50,10 @@ async def test_panes_show_what_the_files_say(engine):
         assert "#0006" in text and "RUNNING" in text
         assert "raise LR to 0.004" in text
         assert "A higher LR converges faster" in text
-        best = engine.state["best"]["metric"]
-        assert f"best {best:.4f}" in text and "baseline 1.9000" in text
-        counts = engine.state["counts"]
-        assert f"keep {counts.get('keep', 0)}" in text
+        best = engine.state.best
+        assert f"best {best.metric:.4f} (#{best.n})" in text and "baseline 1.9000" in text
+        counts = engine.standing.grouped_counts()
+        assert f"keep {counts['keep']} · discard {counts['discard']} · failed {counts['failed']}" in text
         assert log_lines(app) == ["step 1 | loss 3.2", "step 2 | loss 3.1"]
         diff = app.screen.query_one(DiffPane)
         assert "LEARNING_RATE = 0.004" in diff.text and "train.py +1 -1" in str(diff.border_title)
@@ -324,3 +324,4 @@ async def test_commands_sent_elsewhere_are_shown(engine):
         await wait_for(pilot, lambda: len(app.acks) == 2, "our own ack")
         await pilot.pause(0.3)  # the engine's event for our note must not show a second time
         assert len(app.acks) == 2
+

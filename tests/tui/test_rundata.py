@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from engine.results import Baseline, Best, Result, State
 from tui.model import RunView
 from tui.rundata import Batch, FileTail, RunReader, RunWatcher, decode_log_lines
 
@@ -57,7 +58,7 @@ def test_log_lines_are_made_printable():
 def test_reader_batches_follow_the_run(engine):
     reader = RunReader(engine.run)
     first = reader.collect()
-    assert first.state["phase"] == "starting" and first.alive is True
+    assert first.state.phase == "starting" and first.alive is True
     assert [e["type"] for e in first.events] == ["engine"]
     assert reader.collect().is_empty()  # nothing changed, nothing to say
 
@@ -72,7 +73,7 @@ def test_reader_batches_follow_the_run(engine):
     engine.begin(2, "d2", "h2")
     engine.log(2, "c")
     batch = reader.collect()
-    assert [r["n"] for r in batch.results] == [1]
+    assert [(r.n, r.status, r.metric) for r in batch.results] == [(1, "keep", 1.5)]
     assert batch.log_reset and batch.log_n == 2 and batch.log_lines == ["c"]
 
     engine.die()
@@ -88,7 +89,19 @@ def test_truncated_jsonl_line_waits_for_its_end(engine):
     assert reader.collect().results == []
     with open(engine.run.results_jsonl, "ab") as f:
         f.write(b'ric": 1.2}\n')
-    assert reader.collect().results == [{"n": 1, "status": "keep", "metric": 1.2}]
+    assert reader.collect().results == [Result(n=1, status="keep", metric=1.2)]
+
+
+def test_lines_that_are_not_records_are_skipped(engine):
+    reader = RunReader(engine.run)
+    reader.collect()
+    with open(engine.run.results_jsonl, "ab") as f:
+        f.write(b'{"n": 1, "status": "discard", "metric": 1.3, "future_field": [1]}\n'
+                b'{"status": "keep"}\n[1, 2]\nnot json\n{"n": "2", "status": "keep"}\n'
+                b'{"n": 3, "status": "crash", "metric": null}\n')
+    results = reader.collect().results
+    assert [(r.n, r.status) for r in results] == [(1, "discard"), (3, "crash")]
+    assert results[0].extra == {"future_field": [1]} and not results[1].scored
 
 
 @pytest.mark.parametrize("use_watchdog", [True, False], ids=["watchdog", "polling"])
@@ -133,18 +146,25 @@ def test_watcher_delivers_changes_and_waits_for_ack(engine, use_watchdog):
 def test_view_counts_best_and_engine_state():
     view = RunView("t")
     batch = Batch(
-        state={"phase": "running", "experiment": 3, "heartbeat_at": 1000.0,
-               "counts": {"keep": 2, "discard": 5, "crash": 1, "timeout": 1, "baseline": 1}},
-        results=[{"n": 0, "status": "baseline", "metric": 2.0}, {"n": 1, "status": "keep", "metric": 1.9}],
+        state=State(phase="running", experiment=3, heartbeat_at=1000.0,
+                    counts={"keep": 2, "discard": 5, "crash": 1, "timeout": 1, "baseline": 1, "interrupted": 1}),
+        results=[Result(n=0, status="baseline", metric=2.0, baseline=True, commit="c0"),
+                 Result(n=1, status="keep", metric=1.9, commit="c1")],
         alive=True,
     )
     assert view.apply(batch) >= {"state", "results", "alive"}
-    assert view.counts() == {"keep": 2, "discard": 5, "crash": 2}
-    assert view.best() == (1.9, 1)  # from results when state has no "best"
-    assert view.baseline() == (2.0, None)
+    assert view.in_flight and view.n == 3
+    # state.json's counts, grouped by the engine's rule: an interrupted run did not fail.
+    assert view.counts() == {"keep": 2, "discard": 5, "failed": 2, "other": 2}
+    assert view.best() == Best(1, 1.9, "c1")  # from the results when state.json has no best
+    assert view.baseline() == Baseline(2.0, 0.0, 1)
+    view.apply(Batch(state=State(phase="running", best=Best(7, 1.8, "c7"), baseline=Baseline(2.1, 0.01, 3))))
+    assert view.best() == Best(7, 1.8, "c7") and view.baseline() == Baseline(2.1, 0.01, 3)  # the engine's word
+    assert view.counts() == {"keep": 1, "discard": 0, "failed": 0, "other": 1}  # no counts there: the results'
+    view.apply(Batch(state=State(phase="running", experiment=3, heartbeat_at=1000.0)))
     assert view.engine_state(now=1010.0) == "running"
     assert view.engine_state(now=1000.0 + 3600) == "stale"
     view.apply(Batch(alive=False))
     assert view.engine_state(now=1010.0) == "gone"
-    view.apply(Batch(state={"phase": "stopped"}))
+    view.apply(Batch(state=State(phase="stopped")))
     assert view.engine_state(now=1010.0) == "stopped"

@@ -149,7 +149,7 @@ async def test_history_and_an_experiment_follow_a_change_of_theme(busy_engine):
             app.theme = name
             await wait_for(pilot, lambda: near(colour_of(table, "keep"), THEME_SUCCESS[name]), f"{name}: the rows")
             await wait_for(pilot, lambda: near(colour_of(preview, "crash"), THEME_ERROR[name]), f"{name}: the preview")
-        table.cursor = next(i for i, r in enumerate(table.rows) if r["status"] == "keep")
+        table.cursor = next(i for i, r in enumerate(table.rows) if r.status == "keep")
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ExperimentScreen) and app.screen.loaded is not None, "the experiment")
         head = app.screen.query_one("#detail-head")
