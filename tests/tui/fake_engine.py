@@ -45,6 +45,7 @@ DIFF = """diff --git a/train.py b/train.py
 
 
 SANDBOX = "bwrap 0.8.0"  # what state.json says when training runs confined
+BASE_COMMIT = "ba5e000000000000000000000000000000000000"  # what every baseline run measures
 
 
 class FakeEngine:
@@ -171,13 +172,15 @@ class FakeEngine:
         (best, baseline and counts from ``Standing``), a ``result`` event. ``fields``
         are more of ``Result``'s fields (forced=True, wall_seconds=..., ...)."""
         best = self.standing.best
+        baseline = fields.get("baseline", status == "baseline")
         record = dict(
             n=n, status=status, metric=metric, delta=(metric - best.metric) if metric is not None and best else None,
-            noise=0.002, commit=f"{n:04d}abcdef0123456789", parent="0000000", description=description,
+            noise=0.002, commit=BASE_COMMIT if baseline else f"{n:04d}abcdef0123456789",
+            parent=best.commit if best else BASE_COMMIT, description=description,
             hypothesis=f"hypothesis {n}", started_at=self.t0 + n * 100, ended_at=self.t0 + n * 100 + 75,
             train_seconds=60.0, wall_seconds=75.0, peak_mem_mb=812.0,
             agent={"name": "heuristic", "model": None, "tokens": 0, "cost_usd": 0.0},
-            baseline=status == "baseline", sandbox=self.state.sandbox,
+            baseline=baseline, sandbox=self.state.sandbox,
         )
         record.update(fields)
         return self.record(Result(**record))
