@@ -193,8 +193,13 @@ max_retries = 0
 def test_claude_notes_fence_and_cost_cap_through_the_engine(repo, engines):
     note = "please halve the learning rate again"
     note_sent = threading.Event()
-    # Each proposal costs 10k input tokens at $2/M = $0.02; the cap is $0.03.
-    api = FakeMessagesAPI([edit_and_submit("LR = 0.01", "LR = 0.005"), edit_and_submit("LR = 0.005", "LR = 0.002")])
+    # The first proposal fits the $0.03 cap when it is asked (its request could cost far
+    # less), then bills 20k input tokens at $2/M = $0.04: it submitted, so it is kept, and
+    # the loop pauses at the cap before another proposal. Resuming lifts the cap.
+    api = FakeMessagesAPI([
+        edit_and_submit("LR = 0.01", "LR = 0.005", input_tokens=20_000),
+        edit_and_submit("LR = 0.005", "LR = 0.002", input_tokens=20_000),
+    ])
 
     def first_waits_for_the_note(body: dict[str, Any]) -> None:
         if len(api.requests) == 1:
@@ -202,7 +207,8 @@ def test_claude_notes_fence_and_cost_cap_through_the_engine(repo, engines):
 
     api.on_request = first_waits_for_the_note
     with api:
-        engine = EngineProcess(repo, "cap", [], claude_env(api), CLAUDE_TOML.format(extra="max_cost = 0.03"))
+        engine = EngineProcess(repo, "cap", ["--max-experiments", "3"], claude_env(api),
+                               CLAUDE_TOML.format(extra="max_cost = 0.03\nmax_tokens = 100"))
         engines.append(engine)
         engine.wait_for("the first proposal request", lambda: len(api.requests) >= 1)
         assert "accepted" in engine.ctl("note", note)  # queued once the engine has answered
@@ -211,17 +217,18 @@ def test_claude_notes_fence_and_cost_cap_through_the_engine(repo, engines):
             "the cost cap to pause the loop",
             lambda: engine.state().paused and "cost cap" in str(engine.state().error),
         )
-        results = engine.results()
-        state = engine.state()
-        engine.ctl("stop")
+        paused = engine.state()
+        assert len(api.requests) == 1  # paused before a second proposal
+        assert "past the cost cap" in engine.ctl("resume")
         assert engine.wait_exit() == 0
 
+    results = engine.results()
+    state = engine.state()
     assert [r.status for r in results] == ["baseline", "keep", "keep"]
-    assert len(api.requests) == 2  # paused before a third proposal
-    assert results[1].agent["cost_usd"] == pytest.approx(0.02)
-    assert results[1].agent["input_tokens"] == 10_000
-    assert state.cost_usd == pytest.approx(0.04)
-    assert "cost cap reached" in state.error
+    assert results[1].agent["cost_usd"] == pytest.approx(0.04)
+    assert results[1].agent["input_tokens"] == 20_000
+    assert paused.cost_usd == pytest.approx(0.04) and "cost cap reached" in paused.error
+    assert state.cost_usd == pytest.approx(0.08)
 
     # The note reached the next request body, and is recorded with that experiment.
     first, second = request_text(api.requests[0]), request_text(api.requests[1])
