@@ -10,13 +10,24 @@ from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.color import Color
 from textual.containers import Vertical
 from textual.widget import Widget
 
 from engine.results import Result, running_best
 from tui import fmt
+from tui.themes import on_theme_change, theme_style
 
 SPARK_WIDTH = 40
+# What each part of the chart is drawn in: theme colours, as everywhere in the monitor.
+SPARK_STYLE = "$primary"  # every value (low is good)
+BEST_STYLE = "bold $success"  # green is for kept experiments
+# The plot's series: theme variable, and how far it is faded toward the background.
+PLOT_COLOURS = {"all": ("foreground", 0.5), "kept": ("success", 0.0), "best": ("primary", 0.0), "baseline": ("accent", 0.0)}
+# The plot's canvas, axes and tick labels: no colour of their own, so the plot lies on
+# the pane's background and its labels are in the pane's text colour, in every theme
+# (a terminal theme's "default" colours included).
+PLOT_FRAME_THEME = "textual-clear"
 
 
 def series(results: list[Result]) -> dict[str, list]:
@@ -49,6 +60,17 @@ def series(results: list[Result]) -> dict[str, list]:
     return {"x": xs, "y": ys, "keep_x": keep_x, "keep_y": keep_y, "best_x": best_x, "best_y": best_y}
 
 
+def plot_colour(variables: dict[str, str], name: str, fade: float = 0.0) -> Any:
+    """A theme variable's colour as plotext takes it: an RGB triple, or in a terminal
+    (ANSI) theme the terminal's own palette number, or "default" for its default colour."""
+    colour = Color.parse(variables[name])
+    if colour.ansi is not None:
+        return "default" if colour.ansi < 0 else colour.ansi
+    if fade:
+        colour = colour.blend(Color.parse(variables["background"]), fade)
+    return colour.rgb
+
+
 class SparkLine(Widget):
     """One line: the val_bpb sparkline sized to the pane, then the last and best values."""
 
@@ -58,6 +80,9 @@ class SparkLine(Widget):
         super().__init__(**kwargs)
         self.values: list[float] = []
         self.best: float | None = None
+
+    def on_mount(self) -> None:
+        on_theme_change(self, self.refresh)  # render() takes its colours from the theme
 
     def set(self, values: list[float], best: float | None) -> None:
         self.values, self.best = values, best
@@ -71,9 +96,9 @@ class SparkLine(Widget):
         tail = f"  last {fmt.metric(self.values[-1])}"
         best = f"  best {fmt.metric(self.best)}" if self.best is not None else ""
         room = max(4, min(SPARK_WIDTH, self.size.width - len(tail) - len(best)))
-        line.append(fmt.spark(self.values, room), style="cyan")  # low is good, as in the plot
+        line.append(fmt.spark(self.values, room), style=theme_style(self, SPARK_STYLE))
         line.append(tail)
-        line.append(best, style="bold green")
+        line.append(best, style=theme_style(self, BEST_STYLE))
         return line
 
 
@@ -93,6 +118,7 @@ class ChartPane(Vertical):
 
     def on_mount(self) -> None:
         self.border_title = "val_bpb"
+        on_theme_change(self, lambda: self._draw(*self.data))  # the series' colours
         # plotext costs a noticeable share of start-up: bring it in after the first frame.
         self.call_after_refresh(lambda: self.set_timer(0.05, self._mount_plot))
 
@@ -100,6 +126,7 @@ class ChartPane(Vertical):
         from textual_plotext import PlotextPlot
 
         self.plot = PlotextPlot(id="plot")
+        self.plot.theme = PLOT_FRAME_THEME
         self.mount(self.plot)
         self._draw(*self.data)
 
@@ -119,10 +146,12 @@ class ChartPane(Vertical):
         plt.clear_figure()
         plt.xlabel("experiment")
         if s["x"]:
-            plt.scatter(s["x"], s["y"], marker="dot", label="all")
-            plt.scatter(s["keep_x"], s["keep_y"], marker="●", color="green", label="kept")
+            variables = self.app.theme_variables
+            colour = {series: plot_colour(variables, *spec) for series, spec in PLOT_COLOURS.items()}
+            plt.scatter(s["x"], s["y"], marker="dot", color=colour["all"], label="all")
+            plt.scatter(s["keep_x"], s["keep_y"], marker="●", color=colour["kept"], label="kept")
             if s["best_x"]:
-                plt.plot(s["best_x"], s["best_y"], color="cyan", label="best")
+                plt.plot(s["best_x"], s["best_y"], color=colour["best"], label="best")
             if baseline is not None:
-                plt.hline(baseline, color="orange")
+                plt.hline(baseline, color=colour["baseline"])
         plot.refresh()

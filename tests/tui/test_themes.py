@@ -13,6 +13,7 @@ from rich.color import Color as RichColor
 from tests.tui.conftest import FixedSampler, wait_for
 from tests.tui.fake_engine import history
 from tui.app import MonitorApp
+from tui.chart_pane import ChartPane, SparkLine
 from tui.detail import ExperimentScreen
 from tui.history import HistoryScreen
 from tui.hypothesis_pane import HypothesisPane
@@ -156,6 +157,41 @@ async def test_history_and_an_experiment_follow_a_change_of_theme(busy_engine):
         await wait_for(pilot, lambda: near(colour_of(head, "keep"), THEME_SUCCESS["autoresearch-night"]), "the head line")
         app.theme = "autoresearch-paper"
         await wait_for(pilot, lambda: near(colour_of(head, "keep"), THEME_SUCCESS["autoresearch-paper"]), "the head, repainted")
+
+
+def colours_in(widget) -> tuple[set, dict[str, RichColor | None]]:
+    """The background colours a widget draws, and the colour of each of a few words."""
+    backgrounds, words = set(), {}
+    for y in range(widget.size.height):
+        for segment in widget.render_line(y):
+            if segment.style is None:
+                continue
+            backgrounds.add(segment.style.bgcolor)
+            for word in ("experiment", "●", "best"):
+                if word in segment.text:
+                    words[word] = segment.style.color
+    return backgrounds, words
+
+
+async def test_the_chart_takes_its_colours_from_the_theme(busy_engine):
+    app = MonitorApp(busy_engine.run, sampler=FixedSampler(), stats_interval=3600)
+    async with app.run_test(size=(160, 50)) as pilot:
+        chart = app.screen.query_one(ChartPane)
+        await wait_for(pilot, lambda: chart.plot is not None and chart.data[0]["x"], "the plot")
+        spark = chart.query_one(SparkLine)
+        for name in ("autoresearch-night", "autoresearch-paper"):
+            app.theme = name
+            success = THEME_SUCCESS[name]
+            await wait_for(pilot, lambda: near(colour_of(chart.plot, "●"), success), f"{name}: kept points")
+            await wait_for(pilot, lambda: near(colour_of(spark, "best"), success), f"{name}: the best")
+            assert near(colour_of(spark, "▁"), app.current_theme.primary)
+        # A terminal theme: the terminal's own green, and the plot on the pane's own
+        # background with its labels in the text colour (not black on black).
+        app.theme = "autoresearch-terminal"
+        await wait_for(pilot, lambda: getattr(colour_of(chart.plot, "●"), "number", None) == 2, "ANSI green")
+        backgrounds, words = colours_in(chart.plot)
+        assert all(bg is None or bg.is_default for bg in backgrounds)
+        assert words["experiment"] is None or words["experiment"].is_default
 
 
 EXPORT_DEFAULT = "#c5c8c6"  # what a screenshot writes for text that has no colour of its own
