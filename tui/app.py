@@ -90,6 +90,7 @@ class MonitorApp(App[str | None]):
         self._sent_at: dict[str, float] = {}
         self._opened_at = time.time()
         self._polling_noted = False
+        self._sandbox_noted: str | None = None
         self.theme_problems: list[str] = []
         self._load_themes()
 
@@ -196,8 +197,20 @@ class MonitorApp(App[str | None]):
         if changed & {"state", "alive"}:
             self._show_engine(live, now)
             self._refresh_footer()
+        if "state" in changed:
+            self._note_sandbox()
         if "command" in changed:
             self._commands_from_elsewhere(batch)
+
+    def _note_sandbox(self) -> None:
+        """Say once, on start (or when it changes), that training runs unsandboxed and why;
+        the top bar keeps the badge, its tooltip and the help keep the reason."""
+        reason = self.view.unsandboxed()
+        if reason is not None and reason != self._sandbox_noted:
+            from tui.live import unsandboxed_note
+
+            self.notify(unsandboxed_note(reason), title="No sandbox", severity="error", timeout=10, markup=False)
+        self._sandbox_noted = reason
 
     def _refresh_footer(self) -> None:
         """Rebuild the footer only when what applies changed (it recomposes every key)."""
@@ -398,7 +411,10 @@ class MonitorApp(App[str | None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            from tui.live import unsandboxed_note
+
+            reason = self.view.unsandboxed()
+            self.push_screen(HelpScreen(note=unsandboxed_note(reason) if reason is not None else None))
 
     def action_quit_monitor(self) -> None:
         if self._modal_open:

@@ -155,10 +155,17 @@ class HelpScreen(ModalScreen[None]):
         width: 84; max-width: 100%; height: auto; max-height: 100%;
         border: thick $primary; background: $surface; padding: 0 1;
     }
+    HelpScreen #help-note { margin-bottom: 1; color: $error; }
     """
+
+    def __init__(self, note: str | None = None):
+        super().__init__()
+        self.note = note  # something the user must know about this run (no sandbox), shown first
 
     def compose(self) -> ComposeResult:
         with VerticalScroll() as box:
             box.border_title = "Keys"
             box.border_subtitle = "Esc closes"
+            if self.note:
+                yield Static(Text(self.note, style="bold"), id="help-note")
             yield Static(Text(HELP_TEXT))

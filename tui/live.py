@@ -29,8 +29,17 @@ from tui.util_pane import UtilPane
 
 COMPACT_WIDTH = 100
 COMPACT_HEIGHT = 30
+# The badge in the top bar while training runs without a sandbox: a block of the theme's
+# error colour, and a word that still reads as a badge under NO_COLOR.
+UNSANDBOXED_STYLE = "bold $background on $error"
 # Tab id -> pane id, in the order of the 1-4 keys.
 TABS = {"tab-log": "log-pane", "tab-chart": "chart", "tab-util": "util", "tab-diff": "diff"}
+
+
+def unsandboxed_note(reason: str) -> str:
+    """What the badge means, for its tooltip, the help and the notice on start."""
+    return (f"UNSANDBOXED: {reason}. train.py runs with your user's rights, outside any sandbox; "
+            "install bubblewrap (bwrap) to confine it.")
 
 
 class LiveScreen(Screen):
@@ -95,6 +104,7 @@ class LiveScreen(Screen):
     def on_mount(self) -> None:
         self._top: tuple | None = None  # what show_top and show_banner were last given,
         self._banner: tuple | None = None  # to draw it again in a new theme's colours
+        self._unsandboxed: str | None = None
         on_theme_change(self, self._restyle)
         self.app.live_ready()  # type: ignore[attr-defined]
 
@@ -136,6 +146,14 @@ class LiveScreen(Screen):
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append("autoresearch", style="bold")
         out.append(f" · {view.tag} · ")
+        unsandboxed = view.unsandboxed()
+        if unsandboxed is not None:  # first, so that no width of terminal cuts it off
+            out.append(" UNSANDBOXED ", style=style(UNSANDBOXED_STYLE))
+            out.append(" ")
+        topbar = self.query_one("#topbar", Static)
+        if unsandboxed != self._unsandboxed:  # the reason, on hovering the top bar
+            self._unsandboxed = unsandboxed
+            topbar.tooltip = Text(unsandboxed_note(unsandboxed)) if unsandboxed is not None else None
         mark = {"running": ("● engine running", "$success"), "stale": ("● engine silent", "$warning"),
                 "stopped": ("■ engine stopped", "$warning"), "gone": ("✖ engine gone", "bold $error"),
                 "unknown": ("… checking engine", "dim")}[engine]
@@ -150,7 +168,7 @@ class LiveScreen(Screen):
             ack_style = {"accepted": "$success", "refused": "$warning", "error": "$error"}[ack.result]
             out.append("   ")
             out.append(f"{ack.cmd}: {ack.result}" + (f" ({ack.message})" if ack.message else ""), style=style(ack_style))
-        self.query_one("#topbar", Static).update(out)
+        topbar.update(out)
 
     def show_banner(self, view: RunView, engine: str, now: float) -> None:
         """A line above the panes when something needs the user: the engine gone, stopped or

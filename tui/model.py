@@ -164,6 +164,14 @@ class RunView:
     def cost(self) -> float:
         return self.state.cost_usd
 
+    def unsandboxed(self) -> str | None:
+        """Why training runs without a sandbox ("off: <reason>" in state.json), or None
+        while it is sandboxed or the engine has not said."""
+        sandbox = self.state.sandbox
+        if sandbox is None or not sandbox.startswith("off"):
+            return None
+        return sandbox[3:].lstrip(" :").strip() or "no reason given"
+
     def last_seen(self) -> float | None:
         return self.state.heartbeat_at or self.state.updated_at or self.last_event_ts
 

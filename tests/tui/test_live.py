@@ -12,9 +12,9 @@ from tests.tui.fake_engine import history
 from tui.app import MonitorApp
 from tui.chart_pane import ChartPane
 from tui.diff_pane import DiffPane
-from tui.dialogs import ConfirmModal, NoteModal, QuitModal
+from tui.dialogs import ConfirmModal, HelpScreen, NoteModal, QuitModal
 from tui.hypothesis_pane import HypothesisPane
-from tui.live import LiveScreen
+from tui.live import UNSANDBOXED_STYLE, LiveScreen
 from tui.log_pane import LogPane
 from tui.util_pane import UtilPane
 
@@ -325,3 +325,40 @@ async def test_commands_sent_elsewhere_are_shown(engine):
         await pilot.pause(0.3)  # the engine's event for our note must not show a second time
         assert len(app.acks) == 2
 
+
+UNSANDBOXED_REASON = "bubblewrap not found (no bwrap on PATH)"
+
+
+def toasts(app) -> list[str]:
+    """The notifications on screen now."""
+    return [str(toast.render()) for toast in app.screen.query("Toast")]
+
+
+@pytest.mark.parametrize("no_color", [False, True], ids=["colour", "NO_COLOR"])
+async def test_unsandboxed_training_is_badged_and_explained(engine, monkeypatch, no_color):
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    engine.set_state(sandbox=f"off: {UNSANDBOXED_REASON}")
+    engine.begin(1, "d", "h")
+    app = make_app(engine)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        topbar = app.screen.query_one("#topbar", Static)
+        await wait_for(pilot, lambda: "UNSANDBOXED" in text_of(app, "#topbar"), "the badge")
+        assert app.view.unsandboxed() == UNSANDBOXED_REASON
+        assert UNSANDBOXED_REASON in str(topbar.tooltip)  # the reason, on hovering the badge
+        await wait_for(pilot, lambda: any(UNSANDBOXED_REASON in toast for toast in toasts(app)), "the notice")  # said on start...
+        for segment in topbar.render_line(0):
+            if "UNSANDBOXED" in segment.text:
+                badge = segment.style
+        # ...and a block of the theme's error colour: a word in bold on its own background,
+        # which NO_COLOR turns grey but keeps (test_snapshots has the picture).
+        assert badge.bgcolor == app.stylesheet.parse_style(UNSANDBOXED_STYLE).rich_style.bgcolor
+        assert badge.bgcolor != topbar.rich_style.bgcolor and badge.bold
+        await pilot.press("question_mark")  # and in the help
+        assert isinstance(app.screen, HelpScreen)
+        assert UNSANDBOXED_REASON in str(app.screen.query_one("#help-note", Static).render())
+        await pilot.press("escape")
+        engine.set_state(sandbox="bwrap 0.8.0")  # a restart that found bubblewrap: the badge goes
+        await wait_for(pilot, lambda: "UNSANDBOXED" not in text_of(app, "#topbar"), "the badge gone")
+        assert topbar.tooltip is None
+        assert sum(UNSANDBOXED_REASON in toast for toast in toasts(app)) <= 1  # never repeated

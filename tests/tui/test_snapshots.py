@@ -193,6 +193,27 @@ def test_refused_command_notice(picture_engine, snap_compare):
     assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
 
 
+UNSANDBOXED = "off: bubblewrap not found (no bwrap on PATH)"
+
+
+@pytest.mark.parametrize("no_color,size", [(False, (120, 40)), (True, (80, 24))], ids=["colour", "no_color_compact"])
+def test_unsandboxed_badge(picture_engine, snap_compare, monkeypatch, no_color, size):
+    """Training runs without a sandbox: a badge in the top bar (in words, so NO_COLOR
+    keeps it), and on start a notice with the reason."""
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    picture_engine.set_state(sandbox=UNSANDBOXED)
+    app = live_app(picture_engine)
+
+    async def run_before(pilot) -> None:
+        await loaded(picture_engine, app)(pilot)
+        await wait_for(pilot, lambda: "UNSANDBOXED" in str(app.screen.query_one("#topbar", Static).render()), "the badge")
+        await wait_for(pilot, lambda: app.screen.query("Toast"), "the notice")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
 # -- dialogs -------------------------------------------------------------------------------
 
 
@@ -236,6 +257,13 @@ def test_help_screen(picture_engine, snap_compare, size):
     """At 80x24 the keys scroll, and no line wraps."""
     app = live_app(picture_engine)
     assert snap_compare(app, terminal_size=size, run_before=dialog(picture_engine, app, ("question_mark",), HelpScreen))
+
+
+def test_help_screen_unsandboxed(picture_engine, snap_compare):
+    """The help says first that training runs without a sandbox, and why."""
+    picture_engine.set_state(sandbox=UNSANDBOXED)
+    app = live_app(picture_engine)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=dialog(picture_engine, app, ("question_mark",), HelpScreen))
 
 
 # -- history and one experiment ------------------------------------------------------------
