@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
+import json
+import os
+import weakref
 
 import pytest
 from rich.console import Console
@@ -118,6 +122,24 @@ async def test_ten_thousand_experiments_open_and_scroll(engine):
         assert screen.table.scroll_y == screen.table.max_scroll_y > 9000
         await pilot.press("pageup", "up")
         assert screen.table.current.n < 100
+
+
+async def test_a_long_run_s_records_are_kept_out_of_full_collections(engine):
+    """Thousands of records, read at start, stay for the whole session: they are frozen
+    out of the cyclic collector. They hold no cycles, so a reset still frees them."""
+    history(engine, 1500)
+    app = MonitorApp(engine.run, sampler=FixedSampler())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.view.results) == 1500, "1500 results")
+        assert gc.get_freeze_count() > 0
+        first = weakref.ref(app.view.results[0])
+        engine.results.clear()  # the fake's own copies
+        replacement = engine.run.results_jsonl.with_suffix(".new")
+        replacement.write_text(json.dumps(Result(n=0, status="baseline", metric=1.9, baseline=True).to_dict()) + "\n")
+        os.replace(replacement, engine.run.results_jsonl)  # results.jsonl replaced: a reset
+        await wait_for(pilot, lambda: len(app.view.results) == 1, "the reset")
+        await wait_for(pilot, lambda: first() is None, "the old records freed")
+    assert gc.get_freeze_count() == 0  # unfrozen when the app ended
 
 
 def test_select_rows_is_stable_and_searches_every_field():
