@@ -64,6 +64,10 @@ class LoopConfig:
     max_experiments: int | None = None  # None: run until stopped
     seed: int = 0
     sandbox: str = "auto"  # "auto": bubblewrap when it works here; "bwrap": required; "off": none
+    confirm_runs: int = 1  # a change that beats the best is run this many more times before it is kept
+    remeasure_every: int = 10  # re-measure the best after this many experiments (0: never); drift guard
+    drift_ratio: float = 0.2  # ...and when recent runs' tokens/s moves this much from the best's
+    noise_prior: float = 0.01  # prior run-to-run noise, as a share of the baseline metric, until data outweighs it
     min_free_gb: float = 1.0  # the loop pauses before an experiment when less disk is free in the run directory
     max_failures_in_a_row: int = 5  # experiments that crash, time out, hang, run out of memory or NaN: then pause
 
@@ -195,6 +199,10 @@ def validate(config: Config) -> None:
         raise ConfigError("timeout must be a positive number of seconds")
     if loop.sandbox not in ("auto", "bwrap", "off"):
         raise ConfigError(f'{CONFIG_FILENAME}: [loop] sandbox must be "auto", "bwrap" or "off", not {loop.sandbox!r}')
+    if loop.confirm_runs < 0 or loop.remeasure_every < 0:
+        raise ConfigError("confirm_runs and remeasure_every must not be negative")
+    if loop.drift_ratio <= 0 or loop.noise_prior < 0:
+        raise ConfigError("drift_ratio must be positive and noise_prior not negative")
     if loop.min_free_gb < 0:
         raise ConfigError("min_free_gb must not be negative")
     if loop.max_failures_in_a_row < 1:

@@ -5,9 +5,12 @@ Pure functions over numbers and log lines, so every rule is easy to test and rea
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 from dataclasses import dataclass
 
+from .results import Noise
 from .runner import ProcessResult
 
 _OOM = re.compile(r"out of memory|OutOfMemoryError|MemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc", re.I)
@@ -43,29 +46,57 @@ def parse_float(text: str | None) -> float | None:
     return float(m.group(1)) if m else None
 
 
+# While few commits have been measured twice, the noise estimate is pooled with a prior
+# worth this many degrees of freedom: two baseline runs that happen to agree must not
+# make every small wobble look like an improvement.
+PRIOR_DOF = 3
+
+
+def noise_for_decisions(measured: Noise, prior_sigma: float) -> float:
+    """The noise the keep rule uses: the pooled estimate shrunk toward a prior."""
+    if prior_sigma <= 0:
+        return measured.sigma
+    return math.sqrt((PRIOR_DOF * prior_sigma**2 + measured.dof * measured.sigma**2) / (PRIOR_DOF + measured.dof))
+
+
 @dataclass
 class Decision:
-    status: str  # "keep" or "discard"
-    delta: float  # metric - best (negative is better)
-    threshold: float  # how much lower than the best a change had to be
+    status: str  # "keep", "discard", or "confirm" (it passed so far: measure it again)
+    delta: float  # mean of its runs - best (negative is better)
+    threshold: float  # how much lower than the best the mean had to be
     forced: bool = False
 
 
-def threshold_for(decision: str, min_delta: float, noise_k: float, noise: float) -> float:
+def thresholds(decision: str, min_delta: float, noise_k: float, noise: float, runs: int,
+               best_runs: int) -> tuple[float, float]:
+    """(bar for each single run, bar for the mean of ``runs`` runs), against a best that
+    is the mean of ``best_runs`` runs: k standard deviations of the difference."""
     if decision == "strict":
-        return 0.0
-    return max(min_delta, noise_k * noise)
+        return 0.0, 0.0
+    best_runs = max(best_runs, 1)
+    single = noise_k * noise * math.sqrt(1 + 1 / best_runs)
+    mean = noise_k * noise * math.sqrt(1 / max(runs, 1) + 1 / best_runs)
+    return max(min_delta, single), max(min_delta, mean)
 
 
-def decide(metric: float, best: float, *, decision: str, min_delta: float, noise_k: float,
-           noise: float, forced: bool = False) -> Decision:
-    """Keep only a change that beats the best by more than the threshold.
+def decide(runs: list[float], best: float, *, decision: str, min_delta: float, noise_k: float, noise: float,
+           best_runs: int = 1, confirm_runs: int = 0, forced: bool = False) -> Decision:
+    """Keep a change only when every one of its runs, and their mean, beat the best.
 
-    "noise": by more than max(min_delta, k * noise). "strict": Karpathy's rule,
-    any strictly lower value. ``forced`` (a human's keep) keeps whatever the number.
+    "noise": by more than k standard deviations of the difference (and ``min_delta``).
+    "strict": Karpathy's rule, strictly lower. A change that passes with fewer than
+    1 + ``confirm_runs`` runs is a candidate ("confirm"): it is measured again before
+    anything is kept. ``forced`` (a human's keep) keeps whatever the numbers.
     """
-    delta = metric - best
-    threshold = threshold_for(decision, min_delta, noise_k, noise)
-    better = delta < 0 if decision == "strict" else -delta > threshold
-    status = "keep" if (better or forced) else "discard"
-    return Decision(status=status, delta=delta, threshold=threshold, forced=forced and not better)
+    mean = statistics.fmean(runs)
+    delta = mean - best
+    single, bar = thresholds(decision, min_delta, noise_k, noise, len(runs), best_runs)
+    if decision == "strict":
+        better = all(x < best for x in runs)
+    else:
+        better = all(best - x > single for x in runs) and -delta > bar
+    if forced:
+        return Decision("keep", delta, bar, forced=not (better and len(runs) > confirm_runs))
+    if not better:
+        return Decision("discard", delta, bar)
+    return Decision("keep" if len(runs) > confirm_runs else "confirm", delta, bar)

@@ -1,59 +1,89 @@
 """Deciding an experiment, keeping or reverting it, and writing its result.
 
-A scored baseline run refines the baseline (its mean is the first best). A scored
-change is kept only by the rule in engine/decide.py, or when a person forced it. Either
-way the branch ends at the best commit and only the best experiment keeps its
-checkpoint on disk.
+A scored baseline run refines the baseline (its mean is the first best); a re-measure
+of the best adds to the best's own measurements. A change is kept only by the rule in
+engine/decide.py (every run and their mean beat the best by more than the noise allows,
+after ``confirm_runs`` confirmation runs), or when a person forced it. Either way the
+branch ends at the best commit and only the best experiment keeps its checkpoint.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 
 from .control import refused
-from .decide import decide
+from .decide import Decision, decide, noise_for_decisions
 from .results import METRIC, Result, estimate_baseline
 from .session import Session
 from .steering import acknowledge
 from .trial import Outcome
 
 
-def finish(s: Session, draft: Result, outcome: Outcome, timings: dict[str, float], t0: float) -> str:
+def judge(s: Session, runs: list[float]) -> Decision:
+    """The rule applied to a change's runs so far, against the current best."""
+    loop = s.config.loop
+    f = s.flight
+    return decide(runs, s.standing.best.metric, decision=loop.decision, min_delta=loop.min_delta,
+                  noise_k=loop.noise_k, noise=decision_noise(s), best_runs=s.standing.best_runs,
+                  confirm_runs=loop.confirm_runs, forced=bool(f and f.keep))
+
+
+def decision_noise(s: Session) -> float:
+    """Pooled noise, shrunk toward ``noise_prior`` (a share of the baseline metric)."""
+    base = s.standing.baseline
+    prior = s.config.loop.noise_prior * abs(base.metric) if base else 0.0
+    return noise_for_decisions(s.standing.noise(), prior)
+
+
+def finish(s: Session, draft: Result, outcomes: list[Outcome], decision: Decision | None,
+           timings: dict[str, float], t0: float) -> str:
     """Decide, keep or revert, and journal. Returns "recorded" or "fatal"."""
     t = time.monotonic()
     n = draft.n
     s.set_phase("deciding")
     f = s.flight
-    status = outcome.status
-    draft.metric, draft.error = outcome.metric, outcome.error
-    draft.train_seconds, draft.peak_mem_mb, draft.summary = outcome.train_seconds, outcome.peak_mem_mb, outcome.summary
-    if outcome.log_tail:
-        draft.log_tail = outcome.log_tail
+    first, last = outcomes[0], outcomes[-1]
+    scored = [o for o in outcomes if o.status == "ok"]
+    _fill_measurements(draft, outcomes, scored)
     best_before = s.standing.best
-    if status == "ok" and draft.baseline:
+    if first.status != "ok":
+        status = first.status
+        if f and f.keep and not draft.baseline:
+            acknowledge(s, "keep", None, refused(f"experiment #{n:04d} ended as {status}: nothing to keep"))
+    elif draft.baseline:
         status = "baseline"
-        b = estimate_baseline(s.standing.series_metrics(s.budget) + [outcome.metric])
-        draft.noise = b.noise
-        if best_before:
-            draft.delta = outcome.metric - best_before.metric
-    elif status == "ok":
-        noise = s.standing.baseline.noise if s.standing.baseline else 0.0
-        loop = s.config.loop
-        d = decide(outcome.metric, best_before.metric, decision=loop.decision, min_delta=loop.min_delta,
-                   noise_k=loop.noise_k, noise=noise, forced=bool(f and f.keep))
-        status = d.status
-        draft.delta, draft.noise, draft.threshold, draft.forced = d.delta, noise, d.threshold, d.forced
-    elif f and f.keep:
-        acknowledge(s, "keep", None, refused(f"experiment #{n:04d} ended as {status}: nothing to keep"))
+        if draft.remeasure:
+            draft.delta = draft.metric - best_before.metric
+        else:
+            b = estimate_baseline(s.standing.series_metrics(s.budget) + [draft.metric])
+            draft.noise, draft.noise_dof = b.noise, b.runs - 1
+            if best_before:
+                draft.delta = draft.metric - best_before.metric
+    elif last.status != "ok" and last.status in ("skipped", "interrupted"):
+        status = last.status
+    elif last.status != "ok":
+        status = "discard"  # it did not survive its own confirmation
+        draft.error = f"confirmation run {len(outcomes)} ended as {last.status}: {last.error or ''}".strip()
+    elif decision is not None and decision.status == "confirm":
+        status = s.killed_status()  # stopped or skipped between two runs
+        draft.error = s.killed_reason()
+    else:
+        status = decision.status
+        noise = s.standing.noise()
+        draft.delta, draft.threshold, draft.forced = decision.delta, decision.threshold, decision.forced
+        draft.noise, draft.noise_dof = round(decision_noise(s), 6), noise.dof
     draft.status = status
 
     # Keep the branch at the best commit and only the best experiment's scratch on disk.
-    new_best = status in ("baseline", "keep")
+    new_best = status == "keep" or (status == "baseline" and not draft.remeasure)
     if new_best and best_before and best_before.n != n:
         shutil.rmtree(s.rd.experiment(best_before.n) / "scratch", ignore_errors=True)
-    elif not new_best:
+    elif not new_best and not draft.remeasure:
         shutil.rmtree(s.rd.experiment(n) / "scratch", ignore_errors=True)
+    if draft.remeasure:
+        shutil.rmtree(s.rd.experiment(n) / "scratch", ignore_errors=True)  # the best keeps its own checkpoint
     if s.rd.worktree.exists():
         s.wt.reset_to(draft.commit if new_best else s.best_commit())
     timings["decide_revert"] = round(time.monotonic() - t, 3)
@@ -61,16 +91,43 @@ def finish(s: Session, draft: Result, outcome: Outcome, timings: dict[str, float
     draft.wall_seconds = round(time.monotonic() - t0, 3)
     draft.timings = timings
     s.record(draft)
+    s.journal.update_state(runs=[], noise=s.standing.noise())
     say_result(s, draft)
 
-    if draft.baseline and status not in ("baseline", "skipped", "interrupted") and not s.standing.baseline:
+    if draft.baseline and not draft.remeasure and status not in ("baseline", "skipped", "interrupted") \
+            and not s.standing.baseline:
         s.fatal(f"the unmodified train.py failed its baseline run ({status}): see {s.rd.experiment(n) / 'run.log'}")
         return "fatal"
     return "recorded"
 
 
+def _fill_measurements(draft: Result, outcomes: list[Outcome], scored: list[Outcome]) -> None:
+    """What the runs measured: the metric is the mean of the scored runs."""
+    first = outcomes[0]
+    draft.error = first.error if first.status != "ok" else None
+    draft.summary = (scored[-1] if scored else first).summary
+    if first.log_tail:
+        draft.log_tail = first.log_tail
+    if not scored:
+        draft.train_seconds, draft.peak_mem_mb = first.train_seconds, first.peak_mem_mb
+        return
+    draft.runs = [o.metric for o in scored]
+    draft.metric = statistics.fmean(draft.runs)
+    holdouts = [o.holdout for o in scored if o.holdout is not None]
+    draft.holdout = statistics.fmean(holdouts) if holdouts else None
+    throughput = [o.tokens_per_sec for o in scored if o.tokens_per_sec is not None]
+    draft.tokens_per_sec = round(statistics.fmean(throughput), 1) if throughput else None
+    draft.num_steps = scored[0].num_steps
+    seconds = [o.train_seconds for o in scored if o.train_seconds is not None]
+    draft.train_seconds = statistics.fmean(seconds) if seconds else None
+    memory = [o.peak_mem_mb for o in scored if o.peak_mem_mb is not None]
+    draft.peak_mem_mb = max(memory) if memory else None
+
+
 def say_result(s: Session, r: Result) -> None:
     metric = f"{METRIC} {r.metric:.6f}" if r.scored else f"{METRIC} -"
+    if len(r.runs) > 1:
+        metric += f" (mean of {len(r.runs)} runs)"
     extra = ""
     if r.delta is not None:
         extra = f"  delta {r.delta:+.6f}"

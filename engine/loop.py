@@ -26,7 +26,9 @@ Conventions worth knowing:
 from __future__ import annotations
 
 import errno
+import os
 import signal
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,7 +37,8 @@ from .agents.base import Agent
 from .commit import check_and_commit, commit_baseline
 from .config import Config
 from .errors import UsageError
-from .finish import finish
+from .decide import Decision
+from .finish import finish, judge
 from .gitops import GitMetadata
 from .journal import JournalError
 from .preflight import preflight_problem
@@ -157,15 +160,17 @@ class Engine:
         """One experiment. Returns "recorded", "retry" (nothing recorded), "stopped" or "fatal"."""
         s = self.s
         baseline = self._needs_baseline()
+        remeasure = None if baseline else self._remeasure_reason()
         started = time.time()
         t0 = time.monotonic()
         with s.ctl:
-            s.flight = Flight(n, baseline, started)
-        draft = Result(n=n, status="", baseline=baseline, started_at=started, parent=s.best_commit(),
-                       sandbox=s.sandbox.describe(), budget=s.budget)
+            s.flight = Flight(n, baseline or remeasure is not None, started)
+        draft = Result(n=n, status="", baseline=baseline or remeasure is not None, remeasure=remeasure is not None,
+                       started_at=started, parent=s.best_commit(), sandbox=s.sandbox.describe(), budget=s.budget,
+                       load_avg=_load_average())
         timings: dict[str, float] = {}
-        s.journal.update_state(experiment=n, started_at=started, baseline_run=baseline, hypothesis=None,
-                               description=None, commit=None, parent=s.best_commit(), train_pgid=None)
+        s.journal.update_state(experiment=n, started_at=started, baseline_run=draft.baseline, hypothesis=None,
+                               description=None, commit=None, parent=s.best_commit(), train_pgid=None, runs=[])
         try:
             metadata = None
             if baseline:
@@ -174,6 +179,10 @@ class Engine:
                 k = s.standing.baseline_attempts + 1 if series else 1
                 draft.description = f"baseline: unmodified train.py (run {k} of {runs})"
                 draft.hypothesis = "Measure the unmodified train.py to set the reference and estimate run-to-run noise."
+            elif remeasure is not None:
+                draft.description = f"re-measure the best (#{s.standing.best.n:04d}): {remeasure}"
+                draft.hypothesis = ("Measure the current best again, unchanged, so that a change in the machine "
+                                    "(its load, its clock) does not pass for a change in the model.")
             else:
                 metadata = GitMetadata(s.wt.repo)
                 s.set_phase("proposing")
@@ -182,25 +191,58 @@ class Engine:
                 if asked.outcome in ("retry", "stopped"):
                     return asked.outcome
                 if asked.outcome == "failed":
-                    return finish(s, draft, Outcome("crash", error=asked.error), timings, t0)
+                    return finish(s, draft, [Outcome("crash", error=asked.error)], None, timings, t0)
             s.journal.update_state(hypothesis=draft.hypothesis, description=draft.description)
             t = time.monotonic()
             s.set_phase("checking")  # from here on, a killed engine records this one as interrupted
             exp_dir = s.rd.experiment(n)
             exp_dir.mkdir(parents=True, exist_ok=True)
             _write_hypothesis(exp_dir, draft)
-            rejected = (commit_baseline(s, draft, exp_dir) if baseline
+            rejected = (commit_baseline(s, draft, exp_dir) if draft.baseline
                         else check_and_commit(s, draft, exp_dir, metadata))
             timings["check_commit"] = round(time.monotonic() - t, 3)
             if rejected:
-                return finish(s, draft, Outcome("rejected", error=rejected), timings, t0)
+                return finish(s, draft, [Outcome("rejected", error=rejected)], None, timings, t0)
             if s.should_kill():
-                return finish(s, draft, Outcome(s.killed_status(), error=s.killed_reason()), timings, t0)
-            outcome = run_trial(s, n, draft.commit, exp_dir, timings)
-            return finish(s, draft, outcome, timings, t0)
+                return finish(s, draft, [Outcome(s.killed_status(), error=s.killed_reason())], None, timings, t0)
+            outcomes, decision = self._measure(draft, exp_dir, timings)
+            return finish(s, draft, outcomes, decision, timings, t0)
         finally:
             with s.ctl:
                 s.flight = None
+
+    def _measure(self, draft: Result, exp_dir: Path, timings: dict[str, float]) -> tuple[list[Outcome], Decision | None]:
+        """Train and score the commit; a change that beats the best is run again
+        (``confirm_runs`` times) before it may be kept. Each run's number is journaled
+        (an event and state.json) as soon as it is known, so a kill loses none."""
+        s = self.s
+        outcomes = [run_trial(s, draft.n, draft.commit, exp_dir, timings, holdout=draft.baseline)]
+        decision = None
+        while not draft.baseline and outcomes[-1].status == "ok":
+            decision = judge(s, [o.metric for o in outcomes])
+            if decision.status != "confirm" or s.should_kill():
+                break
+            s.journal.event("measurement", n=draft.n, run=len(outcomes), metric=outcomes[-1].metric)
+            s.journal.update_state(runs=[o.metric for o in outcomes])
+            outcomes.append(run_trial(s, draft.n, draft.commit, exp_dir, timings, holdout=True,
+                                      run=len(outcomes) + 1))
+        return outcomes, decision
+
+    def _remeasure_reason(self) -> str | None:
+        """Why the best should be measured again now (the drift guard), or None."""
+        s, loop = self.s, self.s.config.loop
+        st = s.standing
+        if st.best is None:
+            return None
+        since = st.since_best_measured(s.next_n)
+        if loop.remeasure_every and since >= loop.remeasure_every:
+            return f"{since} experiments since it was last measured"
+        reference, recent = st.best_throughput, st.recent_throughput
+        if reference and len(recent) == 3 and since >= 3:
+            moved = statistics.median(recent) / reference - 1
+            if abs(moved) > loop.drift_ratio:
+                return f"recent runs' throughput moved {moved:+.0%} from the best's"
+        return None
 
     def _hold_while_paused(self) -> bool:
         s = self.s
@@ -218,6 +260,13 @@ class Engine:
             time.sleep(0.1)
             s.tick()
         return not s.stopping
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 NO_SPACE = ("No space left on device", "Out of diskspace", "Disk quota exceeded")

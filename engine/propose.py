@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .agents.base import AgentError, Proposal, ProposalContext, Usage
+from .agents.base import AgentError, CostCapReached, Proposal, ProposalContext, Usage
 from .results import Result
 from .session import Session
 from .untrusted import bound_tail, strip_control
@@ -50,6 +50,8 @@ def propose(s: Session, draft: Result) -> Asked:
         notes=notes,
         seed=s.config.loop.seed,
         emit=lambda text: s.journal.event("hypothesis", fsync=False, n=n, text=strip_control(str(text))),
+        budget_usd=_budget(s),
+        on_process_group=lambda pgid: s.journal.update_state(agent_pgid=pgid),
     )
     box: dict[str, Any] = {}
 
@@ -65,6 +67,7 @@ def propose(s: Session, draft: Result) -> Asked:
         thread.join(0.1)
         s.tick()
         if s.stopping:
+            context.cancel.set()  # the agent stops at its next step (a command agent's group is killed)
             thread.join(s.agent_stop_wait)  # then it is abandoned (a daemon thread)
             break
     if s.stopping:
@@ -74,6 +77,14 @@ def propose(s: Session, draft: Result) -> Asked:
     error = box.get("error")
     usage = error.usage if isinstance(error, AgentError) else (box["proposal"].usage if "proposal" in box else Usage())
     _account(s, draft, usage)
+    if isinstance(error, CostCapReached):
+        # Stopped before a request that could pass the cap: nothing to record, the loop pauses.
+        s.wt.reset_to(s.best_commit())
+        s.journal.event("error", message=f"agent: {strip_control(str(error))}", n=n)
+        cap = s.config.agent.max_cost or 0.0
+        s.pause_with_error(f"cost cap reached: ${s.cost_usd:.2f} of ${cap:.2f}, and the next request could pass it; "
+                           "resume to continue past it")
+        return Asked("retry", str(error))
     if error is not None:
         transient = isinstance(error, AgentError) and error.transient
         message = strip_control(str(error) if isinstance(error, AgentError) else f"{type(error).__name__}: {error}")
@@ -100,6 +111,14 @@ def propose(s: Session, draft: Result) -> Asked:
     _consume_notes(s, notes)
     s.journal.event("proposal", n=n, hypothesis=draft.hypothesis, description=draft.description, agent=draft.agent)
     return Asked("ok")
+
+
+def _budget(s: Session) -> float | None:
+    """Dollars the agent may still spend (None: no cap, or a person lifted it)."""
+    cap = s.config.agent.max_cost
+    if cap is None or s.cost_cap_lifted:
+        return None
+    return max(0.0, cap - s.cost_usd)
 
 
 def _transient_failure(s: Session, message: str) -> Asked:

@@ -99,6 +99,13 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     sandbox: str | None = None  # what the untrusted code ran under
     budget: float | None = None  # training seconds it was given: results compare only at one budget
+    runs: list[float] = field(default_factory=list)  # every measurement (a kept change: its confirmation runs)
+    holdout: float | None = None  # mean holdout_bpb of the runs scored on the holdout slice
+    remeasure: bool = False  # a run of the current best to catch drift (status "baseline")
+    noise_dof: int | None = None  # degrees of freedom behind ``noise``
+    tokens_per_sec: float | None = None  # mean throughput of its runs, as train.py reported it
+    num_steps: int | None = None
+    load_avg: float | None = None  # the machine's 1-minute load average when it started
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @property
@@ -108,6 +115,11 @@ class Result:
     @property
     def failed(self) -> bool:
         return self.status in FAILED
+
+    @property
+    def measurements(self) -> list[float]:
+        """Every measurement of its commit that this experiment made."""
+        return self.runs or ([float(self.metric)] if self.scored else [])
 
     @classmethod
     def from_dict(cls, d: Any) -> "Result | None":
@@ -150,6 +162,13 @@ class Result:
             timings={str(k): float(v) for k, v in timings.items() if is_number(v)} if isinstance(timings, dict) else {},
             sandbox=_opt_str(d.get("sandbox")),
             budget=_opt_float(d.get("budget")),
+            runs=[float(x) for x in d.get("runs") or [] if is_number(x)] if isinstance(d.get("runs"), list) else [],
+            holdout=_opt_float(d.get("holdout")),
+            remeasure=d.get("remeasure") is True,
+            noise_dof=d.get("noise_dof") if isinstance(d.get("noise_dof"), int) else None,
+            tokens_per_sec=_opt_float(d.get("tokens_per_sec")),
+            num_steps=d.get("num_steps") if isinstance(d.get("num_steps"), int) else None,
+            load_avg=_opt_float(d.get("load_avg")),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -214,13 +233,31 @@ def estimate_baseline(metrics: Iterable[float]) -> Baseline | None:
     return Baseline(metric=statistics.fmean(values), noise=noise, runs=len(values))
 
 
+@dataclass(frozen=True)
+class Noise:
+    """The run-to-run noise, pooled from every commit measured more than once."""
+
+    sigma: float  # standard deviation of one run's metric
+    dof: int  # degrees of freedom of the measurements behind it (prior excluded)
+    runs: int  # measurements in the groups that were pooled
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Standing:
-    """Where a run stands after some results: best, baseline, counts.
+    """Where a run stands after some results: best, baseline, noise, counts.
 
     Fold results in order with ``add``; ``running_best`` gives the best after each.
-    Baseline runs come in series: the first runs of a tag, and again whenever the budget
-    changes (a result measured at another budget is not comparable). A series is open
-    until the first experiment that is not a baseline run.
+
+    - Every scored measurement is kept per (commit, budget). The best's metric is the
+      mean of all measurements of its commit: baseline runs, a kept change's
+      confirmation runs, and later re-measurements (the drift guard).
+    - Baseline runs come in series: the first runs of a tag, and again whenever the
+      budget changes (a result measured at another budget is not comparable). A series
+      is open until the first experiment that is not a baseline run.
+    - The noise is pooled from every commit measured more than once (engine/decide.py
+      adds a prior while there are few degrees of freedom).
     """
 
     def __init__(self, base_commit: str | None = None):
@@ -232,7 +269,12 @@ class Standing:
         self.series_open = False
         self.counts: Counter[str] = Counter()
         self.last_n = 0
+        self.measurements: dict[tuple[str | None, float | None], list[float]] = {}
+        self.throughput: dict[tuple[str | None, float | None], list[float]] = {}
+        self.last_measured: dict[tuple[str | None, float | None], int] = {}
+        self.recent_throughput: list[float] = []  # tokens/s of the latest scored runs
         self._baseline_metrics: list[float] = []
+        self._best_key: tuple[str | None, float | None] | None = None
 
     @classmethod
     def of(cls, results: Iterable[Result], base_commit: str | None = None) -> "Standing":
@@ -244,20 +286,61 @@ class Standing:
     def add(self, r: Result) -> None:
         self.counts[r.status] += 1
         self.last_n = max(self.last_n, r.n)
-        if r.baseline:
+        key = (r.commit or self.base_commit, r.budget)
+        if r.baseline and not r.remeasure:
             if not self.series_open or (r.budget is not None and r.budget != self.baseline_budget):
                 self._baseline_metrics, self.baseline_attempts, self.series_open = [], 0, True
                 self.baseline_budget = r.budget
             if r.status not in ("interrupted", "skipped"):
                 self.baseline_attempts += 1
-        elif r.status != "interrupted":
+        elif r.status != "interrupted" and not r.remeasure:
             self.series_open = False
+        if r.status in ("baseline", "keep", "discard") and r.measurements:
+            self.measurements.setdefault(key, []).extend(r.measurements)
+            self.last_measured[key] = r.n
+            if r.tokens_per_sec is not None:
+                self.throughput.setdefault(key, []).append(r.tokens_per_sec)
+                self.recent_throughput = (self.recent_throughput + [r.tokens_per_sec])[-3:]
         if r.status == "baseline" and r.scored:
-            self._baseline_metrics.append(float(r.metric))
-            self.baseline = estimate_baseline(self._baseline_metrics)
-            self.best = Best(r.n, self.baseline.metric, r.commit or self.base_commit)
+            if not r.remeasure:
+                self._baseline_metrics.append(float(r.metric))
+                self.baseline = estimate_baseline(self._baseline_metrics)
+                self._set_best(r.n, key)
+            elif self.best is not None and key == self._best_key:
+                self._set_best(self.best.n, key)  # the same best, measured once more
         elif r.status == "keep" and r.scored and r.commit:
-            self.best = Best(r.n, float(r.metric), r.commit)
+            self._set_best(r.n, key)
+
+    def _set_best(self, n: int, key: tuple[str | None, float | None]) -> None:
+        self._best_key = key
+        self.best = Best(n, statistics.fmean(self.measurements[key]), key[0])
+
+    @property
+    def best_runs(self) -> int:
+        """How many measurements the best's metric is the mean of."""
+        return len(self.measurements.get(self._best_key, [])) if self._best_key else 0
+
+    @property
+    def best_throughput(self) -> float | None:
+        values = self.throughput.get(self._best_key) if self._best_key else None
+        return statistics.fmean(values) if values else None
+
+    def noise(self) -> Noise:
+        """Pooled standard deviation over every commit measured more than once."""
+        ss, dof, runs = 0.0, 0, 0
+        for values in self.measurements.values():
+            if len(values) >= 2:
+                mean = statistics.fmean(values)
+                ss += sum((x - mean) ** 2 for x in values)
+                dof += len(values) - 1
+                runs += len(values)
+        return Noise(sigma=math.sqrt(ss / dof) if dof else 0.0, dof=dof, runs=runs)
+
+    def since_best_measured(self, next_n: int) -> int:
+        """Experiments since the best's commit was last measured."""
+        if self._best_key is None:
+            return 0
+        return next_n - 1 - self.last_measured.get(self._best_key, next_n - 1)
 
     def series_metrics(self, budget: float) -> list[float]:
         """The metrics of the baseline series a baseline run at ``budget`` would join."""
@@ -331,7 +414,10 @@ class State:
     worktree: str | None = None
     notes_pending: list[str] = field(default_factory=list)
     train_pgid: int | None = None  # the training process group, for a restart to reap
+    agent_pgid: int | None = None  # a command agent's process group, likewise
     sandbox: str | None = None
+    noise: Noise | None = None  # the noise estimate in force
+    runs: list[float] = field(default_factory=list)  # measurements of the experiment in flight so far
     updated_at: float | None = None
     heartbeat_at: float | None = None
 
@@ -343,7 +429,7 @@ class State:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("best", "baseline"):
+        for key in ("best", "baseline", "noise"):
             if d[key] is not None:
                 d[key] = d[key].to_dict()
         return d
@@ -361,9 +447,14 @@ class State:
                 value = Best.from_dict(value)
             elif f.name == "baseline":
                 value = Baseline.from_dict(value)
+            elif f.name == "noise":
+                ok = isinstance(value, dict) and is_number(value.get("sigma"))
+                value = Noise(float(value["sigma"]), int(value.get("dof") or 0), int(value.get("runs") or 0)) if ok else None
+            elif f.name == "runs":
+                value = [float(x) for x in value if is_number(x)] if isinstance(value, list) else []
             elif f.name in ("paused", "pause_requested", "stop_requested", "baseline_run"):
                 value = value is True
-            elif f.name in ("pid", "experiment", "train_pgid"):
+            elif f.name in ("pid", "experiment", "train_pgid", "agent_pgid"):
                 value = value if isinstance(value, int) and not isinstance(value, bool) else None
             elif f.name in ("phase_started_at", "started_at", "budget", "timeout", "updated_at", "heartbeat_at"):
                 value = _opt_float(value)

@@ -14,6 +14,7 @@ import shutil
 import time
 
 from . import gitops, rundir
+from .agents.command import reap_stale_group
 from .control import ControlServer
 from .errors import UsageError
 from .integrity import Fingerprint, cache_dir, manifest_path
@@ -36,6 +37,7 @@ def open_tag(s: Session) -> ControlServer:
     s.wt = gitops.Worktree.open_or_create(repo, s.rd.worktree, s.tag)
     s.base_commit = s.wt.resolve(gitops.base_ref(s.tag)) or s.wt.head()
     kill_stale_group(previous.train_pgid, s.rd.root)
+    reap_stale_group(previous.agent_pgid, s.rd.worktree)  # before anything touches the worktree
 
     _record_interrupted_from(s, previous)
     s.standing = Standing.of(s.results, s.base_commit)
@@ -85,7 +87,7 @@ def close_tag(s: Session, server: ControlServer | None) -> None:
         s.say(f"warning: could not reset the worktree to the best commit: {_one_line(e)}")
     if s.phase != "error":
         s.set_phase("stopped")
-    s.journal.update_state(train_pgid=None, notes_pending=list(s.notes))
+    s.journal.update_state(train_pgid=None, agent_pgid=None, notes_pending=list(s.notes))
     s.journal.event("engine", event="exit", pid=os.getpid())
     s.lock.release()
 
@@ -131,6 +133,7 @@ def record_interrupted_flight(s: Session) -> None:
         n=f.n, status="interrupted", baseline=f.baseline, started_at=f.started_at, ended_at=time.time(),
         description=st.description or "", hypothesis=st.hypothesis or "", commit=st.commit,
         parent=st.parent or s.best_commit(), error="the engine was stopped during this experiment", budget=s.budget,
+        runs=list(st.runs),
     ))
 
 
@@ -147,7 +150,7 @@ def _record_interrupted_from(s: Session, previous: State) -> None:
         n=n, status="interrupted", baseline=previous.baseline_run, started_at=previous.started_at,
         ended_at=previous.heartbeat_at or time.time(), description=previous.description or "",
         hypothesis=previous.hypothesis or "", commit=previous.commit, parent=previous.parent,
-        error="the engine stopped during this experiment", budget=previous.budget,
+        error="the engine stopped during this experiment", budget=previous.budget, runs=list(previous.runs),
     )
     s.journal.append_result(result)
     s.results.append(result)
@@ -172,6 +175,7 @@ def _write_full_state(s: Session) -> None:
                                                "model": getattr(s.agent, "model", None)},
         cost_usd=s.cost_usd, config=s.config.to_dict(), branch=gitops.branch_name(s.tag),
         worktree=str(s.rd.worktree), notes_pending=list(s.notes), sandbox=s.sandbox.describe(),
+        noise=s.standing.noise(), runs=[],
     )
 
 

@@ -40,6 +40,8 @@ TRAINING_DATA = ("manifest.json", "train.bin")
 
 @dataclass
 class Outcome:
+    """One run of a commit: trained and scored, or how it failed."""
+
     status: str  # "ok" (scored) or the failure's status
     metric: float | None = None
     error: str | None = None
@@ -47,6 +49,9 @@ class Outcome:
     peak_mem_mb: float | None = None
     summary: dict[str, str] = field(default_factory=dict)
     log_tail: list[str] | None = None
+    holdout: float | None = None  # holdout_bpb, when the run was scored on the holdout slice too
+    tokens_per_sec: float | None = None
+    num_steps: int | None = None
 
 
 def child_env(s: Session, extra: dict[str, str]) -> dict[str, str]:
@@ -80,15 +85,22 @@ def hidden_paths() -> list[str]:
     return sandbox.with_bytecode(paths)
 
 
-def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str, float]) -> Outcome:
+def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str, float], *,
+              holdout: bool = False, run: int = 1) -> Outcome:
+    """Train and score ``commit`` once. Run 2 and later are confirmation runs: their phase is
+    "confirming", their output follows a marker in the same run.log, and their timings are
+    added up. With ``holdout`` the scorer also scores the holdout slice."""
     src, scratch = exp_dir / "src", exp_dir / "scratch"
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(scratch, ignore_errors=True)
     s.wt.export(commit, src)
     for sub in ("tmp", "home"):
         (scratch / sub).mkdir(parents=True, exist_ok=True)
+    if run > 1:
+        with open(exp_dir / "run.log", "ab") as f:
+            f.write(f"\n=== autoresearch: confirmation run {run} ===\n".encode())
     try:
-        return _train_and_score(s, src, scratch, exp_dir, timings)
+        return _train_and_score(s, src, scratch, exp_dir, timings, holdout, run)
     finally:
         shutil.rmtree(src, ignore_errors=True)
         for sub in ("tmp", "home"):
@@ -114,7 +126,8 @@ def _run(s: Session, argv: list[str], *, cwd: Path, env: dict[str, str], log: Pa
     return result
 
 
-def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timings: dict[str, float]) -> Outcome:
+def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timings: dict[str, float],
+                     holdout: bool, run: int) -> Outcome:
     log = exp_dir / "run.log"
     cache = cache_dir()
     hide = hidden_paths() + [str(p) for p in cache.iterdir() if p.name not in TRAINING_DATA]
@@ -127,25 +140,28 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
         "HOME": jail.path("/scratch/home"),
     })
     train = jail.launch([jail.python, jail.path("/work/train.py")], env=env, cwd="/work")
-    s.set_phase("running")
+    s.set_phase("running" if run == 1 else "confirming")
     limit = training_limit(s)
-    run = _run(s, train.argv, cwd=Path(train.cwd), env=train.env, log=log, limit=limit)
-    run.returncode = train.returncode(run.returncode)
-    timings["train"] = round(run.wall_seconds, 3)
+    trained = _run(s, train.argv, cwd=Path(train.cwd), env=train.env, log=log, limit=limit)
+    trained.returncode = train.returncode(trained.returncode)
+    timings["train"] = round(timings.get("train", 0.0) + trained.wall_seconds, 3)
     # train.py's output is untrusted text: what of it is kept in the journal is cleaned.
-    summary = {strip_control(k)[:64]: strip_control(v)[:200] for k, v in list(run.summary.items())[:50]}
-    run.tail = [strip_control(line)[:500] for line in run.tail]
+    summary = {strip_control(k)[:64]: strip_control(v)[:200] for k, v in list(trained.summary.items())[:50]}
+    trained.tail = [strip_control(line)[:500] for line in trained.tail]
+    steps = parse_float(summary.get("num_steps"))
     base = dict(train_seconds=parse_float(summary.get("training_seconds")),
-                peak_mem_mb=parse_float(summary.get("peak_mem_mb")), summary=summary)
-    failure = classify_failure(run)
+                peak_mem_mb=parse_float(summary.get("peak_mem_mb")), summary=summary,
+                tokens_per_sec=parse_float(summary.get("tokens_per_sec")),
+                num_steps=int(steps) if steps is not None else None)
+    failure = classify_failure(trained)
     if failure == "killed":
         return Outcome(s.killed_status(), error=s.killed_reason(), **base)
     if failure:
-        return Outcome(failure, error=failure_message(s, failure, run, limit), log_tail=run.tail[-30:], **base)
+        return Outcome(failure, error=failure_message(s, failure, trained, limit), log_tail=trained.tail[-30:], **base)
     ckpt = scratch / "checkpoint.pt"
     if ckpt.is_symlink() or not ckpt.is_file():
         return Outcome("crash", error="train.py exited 0 but wrote no checkpoint file to $AUTORESEARCH_CHECKPOINT",
-                       log_tail=run.tail[-30:], **base)
+                       log_tail=trained.tail[-30:], **base)
 
     # Without a sandbox, training could have reached the evaluator or the data: check.
     tampered = s.fingerprint.problems(Fingerprint.of(s.rd.worktree))
@@ -154,7 +170,8 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
             s.pause_with_error("; ".join(tampered))
         return Outcome("rejected", error="; ".join(tampered), **base)
 
-    s.set_phase("evaluating")
+    if run == 1:
+        s.set_phase("evaluating")
     with open(log, "ab") as f:
         f.write(f"\n{EVAL_MARKER}\n".encode())
     server_jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": src, "/scratch": scratch}, hide=hide))
@@ -165,11 +182,12 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
         env=server_env, cwd="/work")
     eval_json = exp_dir / "eval.json"
     scorer = [s.python, "-I", "-B", str(s.rd.scorer), "evaluate", "--train", str(src / "train.py"),
-              "--checkpoint", str(ckpt), "--out", str(eval_json), "--server-cmd", json.dumps(server.argv)]
+              "--checkpoint", str(ckpt), "--out", str(eval_json), "--server-cmd", json.dumps(server.argv),
+              *(["--holdout"] if holdout else [])]
     ev = _run(s, scorer, cwd=exp_dir, env=child_env(s, {}), log=log, limit=s.timeout)
     ev.tail = [strip_control(line)[:500] for line in ev.tail]  # a model server's output is untrusted too
     ev.fail_line = strip_control(ev.fail_line) if ev.fail_line else None
-    timings["eval"] = round(ev.wall_seconds, 3)
+    timings["eval"] = round(timings.get("eval", 0.0) + ev.wall_seconds, 3)
     failure = classify_failure(ev)
     if failure == "killed":
         return Outcome(s.killed_status(), error=s.killed_reason(), **base)
@@ -183,7 +201,8 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
         return Outcome("nan", error=f"{METRIC} is {value}", **base)
     if not is_number(value):
         return Outcome("crash", error=f"eval.json has no numeric {METRIC}", log_tail=ev.tail[-30:], **base)
-    return Outcome("ok", metric=float(value), **base)
+    held = data.get("holdout_bpb")
+    return Outcome("ok", metric=float(value), holdout=float(held) if is_number(held) else None, **base)
 
 
 def failure_message(s: Session, status: str, run: ProcessResult, limit: float) -> str:

@@ -37,6 +37,9 @@ from pathlib import Path
 from ..results import FAILED
 from .base import AgentError, Proposal, ProposalContext
 
+# A constant whose comment says it does not change what is learned (a seed, a logging
+# interval) is luck or bookkeeping, not an idea: never proposed.
+NO_EFFECT = re.compile(r"no[- ]effect|not an idea|not tuned|random seed", re.IGNORECASE)
 LEVEL_PENALTY = 0.15  # a smaller step is a little less attractive than a bold one
 REFINE_BONUS = 0.35  # smaller steps of a constant whose moves were kept: home in on its optimum
 MAX_LEVELS = 8  # past the ladder, steps keep halving (multiplicative) or growing (counts)
@@ -455,7 +458,7 @@ class HeuristicAgent:
         for name in sorted(consts):
             c = consts[name]
             kind = kind_of(name, c.value)
-            if kind is None:
+            if kind is None or NO_EFFECT.search(c.comment):
                 continue
             # A constant that already paid off is worth refining in both directions.
             paid_off = any(score >= 1.0 for d in ("up", "down") for score, _ in stats.get((name, d), []))

@@ -65,6 +65,7 @@ def main():
         p.add_argument("--checkpoint")
         p.add_argument("--out")
         p.add_argument("--server-cmd")  # the real scorer starts sandboxed model servers; this one reads the checkpoint
+        p.add_argument("--holdout", action="store_true")
         args = p.parse_args()
         lr = json.loads(Path(args.checkpoint).read_text())["lr"]
         Path(args.out).write_text(json.dumps({"val_bpb": 1.0 + 10 * lr}))
@@ -363,3 +364,23 @@ def test_a_command_agent_does_not_outlive_its_engine(repo, engines, tmp_path, ho
         assert all(dead(p) for p in agent_pids), "the agent outlived the engine"
     finally:
         reap_stale_group(group, engine.rd.worktree)  # never leave it behind, even when the test fails
+
+
+def test_the_cost_cap_holds_inside_a_proposal(repo, engines):
+    """Each request would cost $0.016; with $0.05 left the agent stops before the request
+    that could pass the cap, mid-proposal, and the loop pauses with nothing recorded."""
+    api = FakeMessagesAPI(responder=lambda body: message(tool("read_file", path="train.py"),
+                                                          usage={"input_tokens": 8000, "output_tokens": 0}))
+    with api:
+        engine = EngineProcess(repo, "capin", [], claude_env(api),
+                               CLAUDE_TOML.format(extra="max_cost = 0.05\nmax_tokens = 100"))
+        engines.append(engine)
+        engine.wait_for("the cost cap to pause the loop",
+                        lambda: engine.state().paused and "cost cap" in str(engine.state().error))
+        state, results = engine.state(), engine.results()
+        engine.ctl("stop")
+        assert engine.wait_exit() == 0
+    assert 0 < state.cost_usd <= 0.05
+    assert state.cost_usd == pytest.approx(0.016 * len(api.requests))
+    assert [r.status for r in results] == ["baseline"]
+    assert "LR = 0.01" in (engine.rd.worktree / "train.py").read_text()

@@ -45,7 +45,7 @@ def test_every_status_of_a_run(tmp_path):
     assert [r.n for r in results] == list(range(1, 17))
 
     # Decisions carry their numbers; the metric comes from eval.json.
-    assert by_n[3].delta < -by_n[3].threshold and by_n[3].threshold == 0.001
+    assert by_n[3].delta < -by_n[3].threshold and len(by_n[3].runs) == 2  # kept after its confirmation run
     assert by_n[4].delta > 0
     assert json.loads((rd.experiment(3) / "eval.json").read_text())["val_bpb"] == by_n[3].metric
     assert by_n[1].noise is not None and by_n[2].noise == 0.0
@@ -103,9 +103,10 @@ def test_every_status_of_a_run(tmp_path):
     assert state.counts["rejected"] == 3 and state.baseline.runs == 2
     events = [json.loads(line) for line in rd.events_jsonl.read_text().splitlines()]
     types = {e["type"] for e in events}
-    assert {"engine", "phase", "proposal", "result", "usage"} <= types
+    assert {"engine", "phase", "proposal", "result", "usage", "measurement"} <= types
     phases = [e["phase"] for e in events if e["type"] == "phase" and e.get("n") == 3]
-    assert phases == ["proposing", "checking", "running", "evaluating", "deciding"]
+    assert phases == ["proposing", "checking", "running", "evaluating", "confirming", "deciding"]
+    assert [e["metric"] for e in events if e["type"] == "measurement" and e["n"] == 3] == [by_n[3].runs[0]]
     assert not rd.lock.exists() and not rd.socket.exists()
 
 
@@ -145,12 +146,12 @@ def test_training_gets_a_minimal_environment_without_api_keys(repo, monkeypatch)
 def test_noise_threshold_versus_strict_rule(tmp_path):
     small_gain = [{"set": {"LR": 0.0101}}]  # about 0.004 lower than the baseline
     noisy = run_engine(make_repo(tmp_path / "a"), small_gain, loop__max_experiments=2, loop__baseline_runs=1,
-                       loop__min_delta=0.01)
+                       loop__min_delta=0.01, loop__noise_prior=0.0)
     strict = run_engine(make_repo(tmp_path / "b"), small_gain, loop__max_experiments=2, loop__baseline_runs=1,
                         loop__min_delta=0.01, loop__decision="strict")
     a, b = noisy.results[-1], strict.results[-1]
     assert a.status == "discard" and a.threshold == 0.01 and -0.01 < a.delta < 0
-    assert b.status == "keep" and b.threshold == 0.0
+    assert b.status == "keep" and b.threshold == 0.0 and len(b.runs) == 2  # strict still confirms
 
 
 def test_agent_errors_and_usage_are_journaled(repo):

@@ -9,11 +9,11 @@ import pytest
 
 from engine import gitops
 from engine.commit import scope_problems
-from engine.decide import decide, parse_float, threshold_for
+from engine.decide import decide, noise_for_decisions, parse_float, thresholds
 from engine.errors import UsageError
 from engine.journal import tsv_row
 from engine.lock import EngineLock, holder_pid, is_locked
-from engine.results import Result, estimate_baseline
+from engine.results import Noise, Result, Standing, estimate_baseline
 
 from .genome import git, make_repo
 
@@ -22,16 +22,42 @@ def test_noise_aware_decision():
     b = estimate_baseline([1.00, 1.02])
     assert b.metric == pytest.approx(1.01) and b.noise == pytest.approx(0.014142, rel=1e-4) and b.runs == 2
     assert estimate_baseline([1.0]).noise == 0.0 and estimate_baseline([float("nan")]) is None
-    kw = dict(decision="noise", min_delta=0.001, noise_k=2.0, noise=b.noise)
-    assert decide(0.99, 1.01, **kw).status == "discard"  # inside 2 x noise
-    d = decide(0.97, 1.01, **kw)
-    assert d.status == "keep" and d.threshold == pytest.approx(0.028284, rel=1e-4) and d.delta == pytest.approx(-0.04)
-    assert decide(1.0095, 1.01, decision="noise", min_delta=0.001, noise_k=2, noise=0).status == "discard"
-    assert decide(1.0095, 1.01, decision="strict", min_delta=0.001, noise_k=2, noise=0).status == "keep"
-    assert threshold_for("strict", 0.5, 2, 1) == 0.0
-    forced = decide(1.5, 1.01, **kw, forced=True)
+    kw = dict(decision="noise", min_delta=0.001, noise_k=2.0, noise=0.01, best_runs=2, confirm_runs=1)
+    single, mean = thresholds("noise", 0.001, 2.0, 0.01, runs=1, best_runs=2)
+    assert single == pytest.approx(2 * 0.01 * (1.5 ** 0.5)) and mean == single
+    assert thresholds("noise", 0.001, 2.0, 0.01, runs=2, best_runs=2)[1] == pytest.approx(0.02)
+    assert thresholds("strict", 0.5, 2, 1, runs=1, best_runs=1) == (0.0, 0.0)
+    assert decide([0.99], 1.01, **kw).status == "discard"  # inside the noise
+    first = decide([0.97], 1.01, **kw)
+    assert first.status == "confirm" and first.delta == pytest.approx(-0.04)  # a candidate: run it again
+    assert decide([0.97, 0.975], 1.01, **kw).status == "keep"
+    assert decide([0.97, 1.00], 1.01, **kw).status == "discard"  # lost on confirmation
+    assert decide([0.97], 1.01, **{**kw, "confirm_runs": 0}).status == "keep"
+    assert decide([1.0095], 1.01, decision="strict", min_delta=0.001, noise_k=2, noise=0).status == "keep"
+    assert decide([1.0095, 1.02], 1.01, decision="strict", min_delta=0.001, noise_k=2, noise=0).status == "discard"
+    forced = decide([1.5], 1.01, **kw, forced=True)
     assert forced.status == "keep" and forced.forced is True
-    assert decide(0.5, 1.01, **kw, forced=True).forced is False  # it would have been kept anyway
+    assert decide([0.5, 0.5], 1.01, **kw, forced=True).forced is False  # it would have been kept anyway
+
+
+def test_pooled_noise_grows_its_degrees_of_freedom_and_starts_from_a_prior():
+    def result(n, commit, runs, status="discard", baseline=False):
+        return Result(n=n, status=status, commit=commit, metric=sum(runs) / len(runs), runs=runs, baseline=baseline)
+
+    st = Standing.of([result(1, "a", [1.00], "baseline", True), result(2, "a", [1.00], "baseline", True)])
+    assert st.noise() == Noise(0.0, 1, 2)  # two baseline runs that happen to agree...
+    assert noise_for_decisions(st.noise(), prior_sigma=0.02) == pytest.approx(0.02 * (3 / 4) ** 0.5)  # ...are not trusted alone
+    st.add(result(3, "b", [0.95, 0.97], "discard"))  # a candidate that failed its confirmation
+    st.add(result(4, "c", [0.90, 0.94], "keep"))
+    noise = st.noise()
+    assert noise.dof == 3 and noise.runs == 6
+    assert noise.sigma == pytest.approx(((0.01 ** 2 * 2 + 0.02 ** 2 * 2) / 3) ** 0.5)
+    assert st.best.metric == pytest.approx(0.92) and st.best_runs == 2
+    remeasured = Result(n=5, status="baseline", commit="c", metric=0.96, baseline=True, remeasure=True)
+    st.add(remeasured)
+    assert st.best.n == 4 and st.best.metric == pytest.approx((0.90 + 0.94 + 0.96) / 3) and st.best_runs == 3
+    assert st.noise().dof == 4
+    assert noise_for_decisions(st.noise(), 0.0) == st.noise().sigma
 
 
 def test_parse_float():
