@@ -69,7 +69,7 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: a monitor may hold tens of thousands
 class Result:
     """One finished experiment (a line of results.jsonl)."""
 
@@ -129,7 +129,7 @@ class Result:
         n, status = d.get("n"), d.get("status")
         if not isinstance(n, int) or isinstance(n, bool) or not isinstance(status, str):
             return None
-        known = {f.name for f in fields(cls)}
+        known = _RESULT_FIELDS
         agent = d.get("agent")
         notes = d.get("notes")
         summary = d.get("summary")
@@ -183,6 +183,9 @@ class Result:
         """The copy that goes into a ``result`` event."""
         keys = ("n", "status", "metric", "delta", "threshold", "forced", "commit", "description", "baseline", "error")
         return {k: getattr(self, k) for k in keys}
+
+
+_RESULT_FIELDS = frozenset(f.name for f in fields(Result))
 
 
 def parse_results(records: Iterable[Any]) -> list[Result]:
@@ -362,15 +365,20 @@ class Standing:
 
     def grouped_counts(self) -> dict[str, int]:
         """keep / discard / failed (the run broke) / other: what a header shows."""
-        out = {"keep": 0, "discard": 0, "failed": 0, "other": 0}
-        for status, count in self.counts.items():
-            if status in ("keep", "discard"):
-                out[status] += count
-            elif status in FAILED:
-                out["failed"] += count
-            else:
-                out["other"] += count
-        return out
+        return grouped_counts(self.counts)
+
+
+def grouped_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Counts per status, grouped as keep / discard / failed (the run broke) / other."""
+    out = {"keep": 0, "discard": 0, "failed": 0, "other": 0}
+    for status, count in counts.items():
+        if status in ("keep", "discard"):
+            out[status] += count
+        elif status in FAILED:
+            out["failed"] += count
+        else:
+            out["other"] += count
+    return out
 
 
 def running_best(results: Iterable[Result]) -> list[tuple[int, float | None]]:

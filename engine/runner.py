@@ -130,8 +130,8 @@ class _OutputPump(threading.Thread):
             self.log.write(chunk)
             self.log.flush()  # the monitor tails this file
             self.written += len(chunk)
-        except OSError as e:
-            self.write_error = e.strerror or str(e)
+        except (OSError, ValueError) as e:  # ValueError: the log was closed under a child that lingers
+            self.write_error = getattr(e, "strerror", None) or str(e)
 
     def _scan(self, chunk: bytes) -> None:
         data = self._partial + chunk
