@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .notify import looks_like_url, redact_url, unusable_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -116,11 +117,27 @@ class AgentConfig:
 AGENT_NAMES = ("heuristic", "claude", "command")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+NOTIFY_ENV = "AUTORESEARCH_NOTIFY"  # more Apprise URLs, space- or comma-separated
+
+
+@dataclass
+class NotifyConfig:
+    """[notify]: where to send news of the run (engine/notify.py), as Apprise URLs."""
+
+    urls: list[str] = field(default_factory=list)
+
+    def effective_urls(self, environ: typing.Mapping[str, str] | None = None) -> list[str]:
+        """The file's URLs, then those of $AUTORESEARCH_NOTIFY, each once."""
+        env = os.environ if environ is None else environ
+        extra = [u for u in re.split(r"[\s,]+", env.get(NOTIFY_ENV, "")) if u]
+        return list(dict.fromkeys([*self.urls, *extra]))
+
 
 @dataclass
 class Config:
     loop: LoopConfig = field(default_factory=LoopConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The values in force, with defaults resolved (for status --json and state.json)."""
@@ -129,6 +146,7 @@ class Config:
         d["loop"]["timeout_seconds"] = self.loop.effective_timeout()
         d["loop"]["startup_seconds"] = self.loop.effective_startup()
         d["agent"]["name"] = self.agent.effective_name()
+        d["notify"]["urls"] = [redact_url(u) for u in self.notify.effective_urls()]  # tokens stay out of state.json
         return d
 
 
@@ -240,6 +258,27 @@ def validate(config: Config) -> None:
     for var in agent.env or []:
         if not _ENV_NAME.fullmatch(var):
             raise ConfigError(f"[agent] env must list environment variable names, not {var[:60]!r}")
+    _validate_notify(config.notify)
+
+
+def _validate_notify(notify: NotifyConfig) -> None:
+    """Every URL must be one Apprise can use: a typo is found at start-up, not at 3 a.m.
+    Apprise is imported only when there is a URL to check. Errors show the scheme, never the
+    rest of a URL (it often holds a token)."""
+    env = [u for u in notify.effective_urls() if u not in notify.urls]
+    sources = ((f"{CONFIG_FILENAME}: [notify] urls", notify.urls), (f"${NOTIFY_ENV}", env))
+    for where, urls in sources:  # the cheap check first: no Apprise import for a plain typo
+        for i, url in enumerate(urls, 1):
+            if not looks_like_url(url):
+                raise ConfigError(f"{where}: entry {i} is not a URL like ntfy://topic or json://host:port/")
+    for where, urls in sources:
+        for i, url in enumerate(urls, 1):
+            try:
+                problem = unusable_url(url)
+            except ImportError as e:
+                raise ConfigError(f"[notify] needs the apprise package ({e}): pip install apprise") from None
+            if problem:
+                raise ConfigError(f"{where}: entry {i}: {problem}")
 
 
 def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Config:
@@ -252,8 +291,9 @@ def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Co
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{CONFIG_FILENAME} is malformed: {e}") from None
         for section, values in data.items():
-            if section not in ("loop", "agent") or not isinstance(values, dict):
-                raise ConfigError(f"{CONFIG_FILENAME}: unknown section [{section}] (expected [loop] or [agent])")
+            if section not in ("loop", "agent", "notify") or not isinstance(values, dict):
+                raise ConfigError(f"{CONFIG_FILENAME}: unknown section [{section}] "
+                                  "(expected [loop], [agent] or [notify])")
             _apply(getattr(config, section), section, values, CONFIG_FILENAME)
     for dotted, value in (overrides or {}).items():
         if value is None:
