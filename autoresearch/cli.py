@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    p = sub.add_parser("report", help="the run as Markdown: best against baseline, kept changes, failures, cost")
+    _common(p)
+    p.add_argument("--out", metavar="FILE", help="write the Markdown to FILE and the chart next to it (.svg)")
+
     p = sub.add_parser("serve", help="the monitor in a browser (bound to 127.0.0.1)")
     _common(p)
     p.add_argument("--port", type=int, default=8000)
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": commands.status,
         "ctl": commands.ctl,
         "history": commands.history,
+        "report": commands.report,
     }[args.command]
     try:
         return handler(args, argv)

@@ -212,6 +212,21 @@ def history(args: argparse.Namespace, argv: list[str]) -> int:
     return _print_lines(rows())
 
 
+# --- report ---------------------------------------------------------------------------------
+
+
+def report(args: argparse.Namespace, argv: list[str]) -> int:
+    from engine.report import build_report, write_report
+
+    repo = resolve_repo(args.repo, require_files=False)
+    rd = RunDir.for_tag(repo, resolve_tag(repo, getattr(args, "tag", None)))
+    if args.out:
+        md, svg = write_report(rd, Path(args.out).expanduser())
+        _say(f"wrote {md}" + (f" and {svg}" if svg else ""))
+        return 0
+    return _print_lines(build_report(rd).splitlines())
+
+
 # --- ctl ------------------------------------------------------------------------------------
 
 
