@@ -227,7 +227,7 @@ def test_a_hung_endpoint_does_not_block_the_loop(hung):
     assert not n.close(0.2)  # close keeps its deadline even with a request hanging
     hung.release.set()
     assert hung.next()["title"] == "autoresearch nov23: paused"
-    n._thread.join(DEADLINE)  # the sender, closing, now sends the rest as one message
+    assert n.close(DEADLINE)  # the sender, closing, now sends the rest as one message
     title, lines = message(hung.next())
     assert title == "autoresearch nov23: 302 events"
     assert lines[-1] == "(202 earlier events not shown: the queue was full)"
@@ -264,7 +264,8 @@ def test_without_urls_nothing_starts_and_every_call_returns():
     n.result(keep(), BEST_BEFORE)
     n.paused("x")
     n.stopped("y", error=True)
-    assert n.close(0) and n._thread is None
+    assert n.close(0)
+    assert not [t for t in threading.enumerate() if t.name == "autoresearch-notify" and t.is_alive()]
 
 
 @pytest.mark.parametrize("toml, env, expect", [
