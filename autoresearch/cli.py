@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", help="every experiment of a run")
     _common(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--from", dest="from_tsv", metavar="RESULTS_TSV",
+                   help="read a results.tsv in Karpathy's format (commit, val_bpb, memory_gb, status, description) "
+                        "instead of a run of ours")
+
+    p = sub.add_parser("watch", help="monitor a loop another program drives (Karpathy's autoresearch "
+                                     "run by Claude Code or Codex); writes nothing")
+    p.add_argument("path", nargs="?", metavar="PATH", help="its repository (default: the current directory)")
 
     p = sub.add_parser("report", help="the run as Markdown: best against baseline, kept changes, failures, cost")
     _common(p)
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "ctl": commands.ctl,
         "history": commands.history,
         "report": commands.report,
+        "watch": commands.watch,
     }[args.command]
     try:
         return handler(args, argv)

@@ -193,13 +193,32 @@ def _ago(ts: float) -> str:
 
 
 def history(args: argparse.Namespace, argv: list[str]) -> int:
+    if getattr(args, "from_tsv", None) is not None:
+        return _history_from_tsv(args)
     repo = resolve_repo(args.repo, require_files=False)
     tag = resolve_tag(repo, getattr(args, "tag", None))
-    results = RunDir.for_tag(repo, tag).read_results()
-    if args.json:
+    return _print_history(RunDir.for_tag(repo, tag).read_results(), f"tag {tag}", args.json)
+
+
+def _history_from_tsv(args: argparse.Namespace) -> int:
+    """`history --from results.tsv`: a loop of Karpathy's, printed as one of ours."""
+    from engine.watch import read_results_tsv
+
+    if getattr(args, "tag", None):
+        raise UsageError("--from reads a results.tsv; it takes no --tag")
+    results, skipped = read_results_tsv(args.from_tsv)
+    if skipped:
+        shown = ", ".join(str(n) for n in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+        print(f"autoresearch: skipped {len(skipped)} malformed line{'s' if len(skipped) != 1 else ''} "
+              f"of {args.from_tsv} (line {shown})", file=sys.stderr)
+    return _print_history(results, str(args.from_tsv), args.json)
+
+
+def _print_history(results, label: str, as_json: bool) -> int:  # type: ignore[no-untyped-def]
+    if as_json:
         return _print_lines(json.dumps(r.to_dict(), ensure_ascii=False) for r in results)
     if not results:
-        return _print_lines([f"tag {tag}: no experiments yet"])
+        return _print_lines([f"{label}: no experiments yet"])
 
     def rows():
         yield f"{'#':>4}  {'status':<11} {'val_bpb':>9} {'delta':>10}  {'commit':<7}  description"
@@ -225,6 +244,22 @@ def report(args: argparse.Namespace, argv: list[str]) -> int:
         _say(f"wrote {md}" + (f" and {svg}" if svg else ""))
         return 0
     return _print_lines(build_report(rd).splitlines())
+
+
+# --- watch ----------------------------------------------------------------------------------
+
+
+def watch(args: argparse.Namespace, argv: list[str]) -> int:
+    """The monitor on a loop another program drives. Reads only: nothing is written there."""
+    from engine.watch import RESULTS_TSV, TRAIN_SCRIPT, repo_root
+
+    repo = repo_root(args.path if args.path is not None else args.repo)
+    if not (repo / TRAIN_SCRIPT).is_file() and not (repo / RESULTS_TSV).is_file():
+        raise UsageError(f"{repo} has neither {TRAIN_SCRIPT} nor {RESULTS_TSV}: "
+                         "watch the repository where the loop runs")
+    from tui.watch_app import run_watch
+
+    return run_watch(repo)
 
 
 # --- ctl ------------------------------------------------------------------------------------

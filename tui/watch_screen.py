@@ -1,0 +1,355 @@
+"""Watch mode's screens: a loop that another program drives (Karpathy's autoresearch run by
+Claude Code or Codex), shown with the monitor's own panes.
+
+The live layout is the monitor's: the loop pane (the training process, the best against
+the baseline, the counts, the branch's recent commits) where the experiment pane is, then
+the val_bpb chart, the streaming run.log, GPU/CPU and the uncommitted diff. The keys that
+steer our engine are shown but unavailable, and say why; ``K`` ends a hung training run.
+Keys are bound here; the work behind them lives in tui/watch_app.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from rich.console import Group
+from rich.text import Text
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, VerticalScroll
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Static, Tab, Tabs
+
+from engine.results import Result, Standing
+from engine.watch import GitView, TrainingProcess
+from tui import fmt
+from tui.chart_pane import ChartPane
+from tui.dialogs import HelpScreen
+from tui.diff_pane import DiffPane
+from tui.history import HistoryScreen
+from tui.keybar import KeyBar
+from tui.log_pane import LogPane
+from tui.themes import on_theme_change, theme_style
+from tui.util_pane import UtilPane
+
+COMPACT_WIDTH = 100
+COMPACT_HEIGHT = 30
+TABS = {"tab-log": "log-pane", "tab-chart": "chart", "tab-util": "util", "tab-diff": "diff"}
+DRIVEN_ELSEWHERE = "this loop is driven by another program"
+# Keys of the monitor that steer our engine: shown, unavailable, and saying why when pressed.
+STEERING = {"p": "Pause", "s": "Skip", "k": "Keep", "n": "Note"}
+
+
+@dataclass
+class LoopInfo:
+    """What the loop pane shows; the app keeps it and hands it over whole."""
+
+    repo: Path
+    results: list[Result] = field(default_factory=list)
+    standing: Standing = field(default_factory=Standing)
+    baseline: float | None = None
+    skipped: list[int] = field(default_factory=list)
+    results_file: bool = True
+    training: TrainingProcess | None = None
+    git: GitView | None = None
+
+
+def status_by_commit(results: list[Result]) -> dict[str, Result]:
+    """The latest result of each commit named in results.tsv (short hashes)."""
+    return {r.commit: r for r in results if r.commit}
+
+
+def result_for(commit_sha: str, by_commit: dict[str, Result]) -> Result | None:
+    for short, r in by_commit.items():
+        if len(short) >= 4 and commit_sha.startswith(short.lower()):
+            return r
+    return None
+
+
+class LoopPane(Widget):
+    """The loop at a glance: training process, best vs baseline, counts, recent commits."""
+
+    DEFAULT_CSS = "LoopPane { height: 1fr; }"
+
+    def on_mount(self) -> None:
+        self.border_title = "Loop"
+        self.info: LoopInfo | None = None
+        self.now = time.time()
+        on_theme_change(self, self.refresh)
+
+    def show(self, info: LoopInfo, now: float) -> None:
+        self.info, self.now = info, now
+        git = info.git
+        branch = (git.branch or "detached HEAD") if git is not None and git.error is None else None
+        self.border_title = f"Loop · {branch}" if branch else "Loop"
+        self.refresh()
+
+    def lines(self) -> list[Text]:
+        """Every line, most important first (render() cuts the commits to fit)."""
+        info = self.info
+        if info is None:
+            return [Text("reading…", style="dim")]
+        style = partial(theme_style, self)
+        out = [self._training_line(info, style)]
+        best = info.standing.best
+        line = Text()
+        line.append("best ", style="dim")
+        line.append(fmt.metric(best.metric if best else None), style="bold")
+        if best is not None:
+            line.append(f" (#{best.n} {fmt.short_commit(best.commit)})", style="dim")
+        if best is not None and info.baseline is not None:
+            gain = best.metric - info.baseline
+            pct = gain / info.baseline * 100 if info.baseline else 0.0
+            line.append(f"  {fmt.delta(gain)} ({pct:+.2f}%)", style=style("$success" if gain < 0 else ""))
+            line.append(" vs baseline ", style="dim")
+            line.append(fmt.metric(info.baseline))
+        out.append(line)
+        counts = info.standing.grouped_counts()
+        tally = Text()
+        tally.append(f"keep {counts['keep']}", style=style("$success"))
+        tally.append(f" · discard {counts['discard']} · ")
+        tally.append(f"crash {counts['failed']}", style=style("$error" if counts["failed"] else ""))
+        if counts["other"]:
+            tally.append(f" · other {counts['other']}", style="dim")
+        tally.append(f"   {len(info.results)} rows in results.tsv" if info.results_file else "   no results.tsv yet",
+                     style="dim")
+        if info.skipped:
+            n = len(info.skipped)
+            tally.append(f"  ({n} malformed line{'s' if n != 1 else ''} skipped)", style=style("$warning"))
+        out.append(tally)
+        out.extend(self._commit_lines(info, style))
+        return out
+
+    def _training_line(self, info: LoopInfo, style) -> Text:  # type: ignore[no-untyped-def]
+        t = info.training
+        line = Text()
+        if t is None:
+            line.append("○ no train.py running", style="dim")
+            return line
+        line.append("● training ", style=style("bold $success"))
+        line.append(f"pid {t.pid} · {fmt.duration(max(0.0, self.now - t.create_time))} · ")
+        line.append(fmt.one_line(t.command), style="dim")
+        return line
+
+    def _commit_lines(self, info: LoopInfo, style) -> list[Text]:  # type: ignore[no-untyped-def]
+        git = info.git
+        if git is None:
+            return [Text("reading git…", style="dim")]
+        if git.error:
+            return [Text(f"git: {git.error}", style=style("$warning"))]
+        by_commit = status_by_commit(info.results)
+        out = []
+        for i, c in enumerate(git.commits):
+            line = Text()
+            line.append("▶ " if i == 0 else "  ", style="bold")
+            line.append(f"{c.short[:7]} ", style="dim")
+            line.append(f"{fmt.duration(max(0.0, self.now - c.time)):>6} ", style="dim")
+            r = result_for(c.sha, by_commit)
+            if r is not None:
+                line.append(f"{r.status:<7} ", style=style(fmt.STATUS_STYLE.get(r.status, "")))
+                line.append(f"{fmt.metric(r.metric)} ", style="dim" if r.status != "keep" else "")
+            elif i == 0:
+                label = "running" if info.training is not None else "no result"
+                line.append(f"{label:<7} {'':>6} ", style=style("$warning") if info.training is not None else "dim")
+            else:
+                line.append(f"{'':<7} {'':>6} ")
+            line.append(fmt.one_line(c.subject))
+            out.append(line)
+        return out or [Text("no commits", style="dim")]
+
+    def render(self) -> Group:
+        width = max(1, self.content_region.width or self.size.width)
+        height = max(1, self.content_region.height or self.size.height)
+        out = []
+        for line in self.lines()[:height]:
+            line = line.copy()
+            line.no_wrap = True
+            line.overflow = "ellipsis"
+            line.truncate(width, overflow="ellipsis")
+            out.append(line)
+        return Group(*out)
+
+
+class WatchKeyBar(KeyBar):
+    """KeyBar redraws only when its plain text changes, but ``K`` turns from dimmed to
+    available (a training run appeared) with the same text: always redraw on a refresh
+    of the bindings (rare: when the training process comes or goes, focus moves)."""
+
+    def refresh_keys(self) -> None:
+        self._plain = None
+        super().refresh_keys()
+
+
+class WatchScreen(Screen):
+    BINDINGS = [
+        *(Binding(key, f"steer('{label.lower()}')", label) for key, label in STEERING.items()),
+        Binding("h", "history", "History"),
+        Binding("d", "diff", "Diff"),
+        Binding("l", "focus_log", "Log"),
+        Binding("K", "kill_training", "Kill training"),
+        Binding("1", "tab(0)", "Log", show=False),
+        Binding("2", "tab(1)", "val_bpb", show=False),
+        Binding("3", "tab(2)", "Util", show=False),
+        Binding("4", "tab(3)", "Diff", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    WatchScreen { layout: vertical; }
+    WatchScreen #topbar { height: 1; background: $panel; color: $foreground; padding: 0 1; }
+    WatchScreen #body {
+        height: 1fr;
+        layout: grid;
+        grid-size: 2 3;
+        grid-columns: 3fr 2fr;
+        grid-rows: 13 11 1fr;
+    }
+    WatchScreen .pane { border: round $primary 50%; border-title-color: $text; padding: 0 1; }
+    WatchScreen .pane:focus-within { border: round $primary; }
+    WatchScreen #log-pane { row-span: 2; padding: 0; }
+    WatchScreen #tabs { display: none; }
+    WatchScreen.-compact #body { layout: vertical; }
+    WatchScreen.-compact #tabs { display: block; height: 2; }
+    WatchScreen.-compact #loop { height: 9; }
+    WatchScreen.-compact .switchable { display: none; }
+    WatchScreen.-compact .switchable.-active { display: block; height: 1fr; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="topbar")
+        with Container(id="body"):
+            yield LoopPane(id="loop", classes="pane")
+            yield Tabs(
+                Tab("1 Log", id="tab-log"),
+                Tab("2 val_bpb", id="tab-chart"),
+                Tab("3 GPU/CPU", id="tab-util"),
+                Tab("4 Diff", id="tab-diff"),
+                id="tabs",
+            )
+            yield ChartPane(id="chart", classes="pane switchable")
+            yield LogPane(id="log-pane", classes="pane switchable -active")
+            yield UtilPane(id="util", classes="pane switchable")
+            yield DiffPane(id="diff", classes="pane switchable")
+        yield WatchKeyBar()
+
+    def on_mount(self) -> None:
+        self._top: tuple[str, TrainingProcess | None] | None = None
+        on_theme_change(self, self._restyle)
+        self.app.watch_ready()  # type: ignore[attr-defined]
+
+    def on_resize(self, event: events.Resize) -> None:
+        compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
+        self.set_class(compact, "-compact")
+
+    @property
+    def compact(self) -> bool:
+        return self.has_class("-compact")
+
+    # -- what the screen shows ---------------------------------------------------------
+
+    def _restyle(self) -> None:
+        if self._top is not None:
+            self.show_top(*self._top)
+
+    def show_top(self, repo: str, training: TrainingProcess | None) -> None:
+        self._top = (repo, training)
+        style = partial(theme_style, self)
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append("autoresearch", style="bold")
+        out.append(" · watching ")
+        out.append(repo, style="bold")
+        out.append(" (driven by another program) · ", style="")
+        if training is not None:
+            out.append(f"● training (pid {training.pid})", style=style("$success"))
+        else:
+            out.append("○ no training process", style="dim")
+        self.query_one("#topbar", Static).update(out)
+
+    # -- tabs (compact layout) -------------------------------------------------------
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        if event.tab is None or event.tab.id not in TABS:
+            return
+        for pane_id in TABS.values():
+            self.query_one(f"#{pane_id}").set_class(pane_id == TABS[event.tab.id], "-active")
+
+    def action_tab(self, index: int) -> None:
+        tab_id = list(TABS)[index]
+        self.query_one(Tabs).active = tab_id
+        pane = self.query_one(f"#{TABS[tab_id]}")
+        focusable = [w for w in pane.query("*") if w.focusable] or ([pane] if pane.focusable else [])
+        if focusable:
+            focusable[0].focus()
+
+    # -- keys: the app does the work ------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "steer":
+            return None  # shown, dimmed: pressing the key explains (on_key)
+        if action == "kill_training":
+            return True if self.app.training is not None else None  # type: ignore[attr-defined]
+        return True
+
+    def on_key(self, event: events.Key) -> None:
+        # A disabled binding does not run its action, so the keys that cannot work here
+        # are answered before the bindings are looked at.
+        if event.key in STEERING:
+            event.stop()
+            self.app.explain_unavailable(STEERING[event.key])  # type: ignore[attr-defined]
+        elif event.key == "K" and self.app.training is None:  # type: ignore[attr-defined]
+            event.stop()
+            self.app.ask_kill()  # type: ignore[attr-defined]
+
+    def action_steer(self, name: str) -> None:
+        self.app.explain_unavailable(name.capitalize())  # type: ignore[attr-defined]
+
+    def action_kill_training(self) -> None:
+        self.app.ask_kill()  # type: ignore[attr-defined]
+
+    def action_history(self) -> None:
+        self.app.open_history()  # type: ignore[attr-defined]
+
+    def action_diff(self) -> None:
+        self.app.open_diff()  # type: ignore[attr-defined]
+
+    def action_focus_log(self) -> None:
+        if self.compact:
+            self.action_tab(0)
+        self.query_one(LogPane).log.focus()
+
+
+class WatchHistoryScreen(HistoryScreen):
+    """results.tsv as the history; Enter shows the row's commit (``git show``)."""
+
+    def on_virtual_table_selected(self, event) -> None:  # type: ignore[no-untyped-def, override]
+        event.stop()
+        event.prevent_default()  # not the base class's handler: there is no experiments/NNNN here
+        self.app.open_commit(event.record)  # type: ignore[attr-defined]
+
+
+WATCH_HELP = """\
+Watching a loop that another program drives (Karpathy's autoresearch run by
+Claude Code, Codex, ...). Nothing in its repository is written.
+
+  h        history: results.tsv (sort o, filter f, search /, Enter: git show)
+  d        the uncommitted change (git diff HEAD) full screen
+  l        focus the training log (run.log; End follows the tail again)
+  K        kill the running train.py (asks first): SIGTERM, SIGKILL after a
+           grace period; the driving agent sees a crash and moves on
+  p s k n  pause, skip, keep, note: unavailable, the loop is not ours
+  tab      move between panes; at 80x24, 1-4 switch tabs
+  ctrl+p   command palette
+  q        quit (the loop is not affected)
+"""
+
+
+class WatchHelpScreen(HelpScreen):
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as box:
+            box.border_title = "Keys"
+            box.border_subtitle = "Esc closes"
+            yield Static(Text(WATCH_HELP))
