@@ -49,7 +49,8 @@ def commit_baseline(s: Session, draft: Result, exp_dir: Path) -> str | None:
     return None
 
 
-def check_and_commit(s: Session, draft: Result, exp_dir: Path, metadata: GitMetadata) -> str | None:
+def check_and_commit(s: Session, draft: Result, exp_dir: Path, metadata: GitMetadata,
+                     known_problems: list[str] = ()) -> str | None:
     """Commit the agent's change, or return why it is rejected (the worktree is then reset)."""
     parent = s.best_commit()
     draft.parent = parent
@@ -60,6 +61,7 @@ def check_and_commit(s: Session, draft: Result, exp_dir: Path, metadata: GitMeta
     change = s.wt.change()
     (exp_dir / "diff.patch").write_text(change.diff, encoding="utf-8")
     problems = scope_problems(change.paths, s.config.loop.mutable) + off_limits_additions(change.diff)
+    problems += list(known_problems)
     if git_changes:
         problems.append(f"changed the repository's git metadata: {', '.join(git_changes[:10])}")
     if ignored:

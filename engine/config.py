@@ -65,6 +65,8 @@ class LoopConfig:
     max_experiments: int | None = None  # None: run until stopped
     seed: int = 0
     sandbox: str = "auto"  # "auto": bubblewrap when it works here; "bwrap": required; "off": none
+    pipeline: bool | None = None  # propose the next change while one trains; None: on for claude and command
+    agent_timeout: float = 1800.0  # seconds a proposal (any agent) may take; then it is cancelled (a crash)
     confirm_runs: int = 1  # a change that beats the best is run this many more times before it is kept
     remeasure_every: int = 10  # re-measure the best after this many experiments (0: never); drift guard
     drift_ratio: float = 0.2  # ...and when recent runs' tokens/s moves this much from the best's
@@ -139,6 +141,12 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
 
+    def effective_pipeline(self) -> bool:
+        """Pipelining pays where proposing takes time (an LLM); the heuristic is instant."""
+        if self.loop.pipeline is not None:
+            return self.loop.pipeline
+        return self.agent.effective_name() != "heuristic"
+
     def to_dict(self) -> dict[str, Any]:
         """The values in force, with defaults resolved (for status --json and state.json)."""
         d = asdict(self)
@@ -146,6 +154,7 @@ class Config:
         d["loop"]["timeout_seconds"] = self.loop.effective_timeout()
         d["loop"]["startup_seconds"] = self.loop.effective_startup()
         d["agent"]["name"] = self.agent.effective_name()
+        d["loop"]["pipeline"] = self.effective_pipeline()
         d["notify"]["urls"] = [redact_url(u) for u in self.notify.effective_urls()]  # tokens stay out of state.json
         return d
 
@@ -217,6 +226,8 @@ def validate(config: Config) -> None:
         raise ConfigError("timeout must be a positive number of seconds")
     if loop.sandbox not in ("auto", "bwrap", "off"):
         raise ConfigError(f'{CONFIG_FILENAME}: [loop] sandbox must be "auto", "bwrap" or "off", not {loop.sandbox!r}')
+    if loop.agent_timeout <= 0:
+        raise ConfigError("agent_timeout must be a positive number of seconds")
     if loop.confirm_runs < 0 or loop.remeasure_every < 0:
         raise ConfigError("confirm_runs and remeasure_every must not be negative")
     if loop.drift_ratio <= 0 or loop.noise_prior < 0:

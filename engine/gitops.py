@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +130,17 @@ class Worktree:
             wt.set_ref(base_ref(tag), wt.head())
         return wt
 
+    @classmethod
+    def open_or_create_detached(cls, repo: git.Repo, path: Path, tag: str, sha: str) -> "Worktree":
+        """A second worktree at ``sha`` on no branch (where pipelined proposals are written)."""
+        path = Path(path)
+        if not (path / ".git").exists():
+            repo.git.worktree("prune")
+            repo.git.worktree("add", "--detach", "--force", str(path), sha)
+        wt = cls(path, tag)
+        wt.reset_to(sha)
+        return wt
+
     # --- reading ---------------------------------------------------------------
 
     def head(self) -> str:
@@ -208,13 +220,17 @@ class Worktree:
                         shutil.copyfileobj(src, out)
                     os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
 
-    def change(self) -> Change:
-        """The agent's change: stages everything (so new files show) and diffs it."""
+    def change(self, binary: bool = False) -> Change:
+        """The agent's change: stages everything (so new files show) and diffs it.
+
+        ``binary`` gives a patch that ``apply`` can replay exactly (binary files included).
+        """
         paths = self.changed_paths()
         if not paths:
             return Change([], "")
         self.repo.git.add("-A")
-        diff = self.repo.git.diff("--cached", "HEAD", "--no-color", "--no-ext-diff")
+        options = ["--cached", "HEAD", "--no-color", "--no-ext-diff", "--full-index"] + (["--binary"] if binary else [])
+        diff = self.repo.git.diff(*options)
         return Change(paths, diff + "\n" if diff else "")
 
     # --- writing ---------------------------------------------------------------
@@ -223,6 +239,26 @@ class Worktree:
         """Commit what is staged; returns the new commit's sha."""
         self.repo.git.commit("-q", "--no-verify", "-m", message or "experiment", env=self._env)
         return self.head()
+
+    def apply(self, patch: str, three_way: bool) -> bool:
+        """Apply a patch made elsewhere to the files and the index. With ``three_way`` it
+        may have been made on another commit (git's three-way merge); False on a conflict,
+        and the worktree is left as it was."""
+        if not patch.strip():
+            return True
+        args = ["--index", "--whitespace=nowarn"] + (["--3way"] if three_way else [])
+        with tempfile.NamedTemporaryFile("w", suffix=".patch", encoding="utf-8") as f:
+            f.write(patch)
+            f.flush()
+            try:
+                self.repo.git.apply(*args, f.name)
+            except git.GitCommandError:
+                self.reset_to(self.head())
+                return False
+        if self.repo.git.ls_files("--unmerged"):
+            self.reset_to(self.head())
+            return False
+        return True
 
     def set_ref(self, ref: str, sha: str) -> None:
         self.repo.git.update_ref(ref, sha)

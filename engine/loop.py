@@ -42,6 +42,7 @@ from .finish import finish, judge
 from .gitops import GitMetadata
 from .journal import JournalError
 from .preflight import preflight_problem
+from .pipeline import NextProposal
 from .propose import propose
 from .results import Result
 from .runner import KILL_GRACE_SECONDS
@@ -56,6 +57,7 @@ class Engine:
                  agent_retry_seconds: float = 5.0, agent_stop_wait: float = 2.0, **kwargs):
         self.s = Session(repo, tag, config, agent, out=out, kill_grace=kill_grace,
                          agent_retry_seconds=agent_retry_seconds, agent_stop_wait=agent_stop_wait, **kwargs)
+        self.next: NextProposal | None = None  # a pipelined proposal being written
 
     # Read-only views for callers and tests.
     @property
@@ -95,6 +97,8 @@ class Engine:
             s.set_phase("error")
             s.say(f"error: {s.error}")
         finally:
+            if self.next is not None:
+                self.next.cancel(s)
             close_tag(s, server)
         if s.exit_code == 0 and s.stop_signal is not None:
             return 128 + s.stop_signal
@@ -108,6 +112,7 @@ class Engine:
         """
         if signum is not None and self.s.stop_signal is None:
             self.s.stop_signal = signum
+            self.s.stop_reason = f"stopped by {signal.Signals(signum).name}"
         self.s.stop_event.set()
 
     def install_signal_handlers(self) -> None:
@@ -124,7 +129,8 @@ class Engine:
         limit = s.config.loop.max_experiments
         while not s.stopping:
             if limit is not None and done >= limit:
-                s.say(f"reached --max-experiments {limit}")
+                s.stop_reason = f"reached --max-experiments {limit}"
+                s.say(s.stop_reason)
                 break
             if not self._hold_while_paused():
                 break
@@ -184,9 +190,8 @@ class Engine:
                 draft.hypothesis = ("Measure the current best again, unchanged, so that a change in the machine "
                                     "(its load, its clock) does not pass for a change in the model.")
             else:
-                metadata = GitMetadata(s.wt.repo)
                 s.set_phase("proposing")
-                asked = propose(s, draft)
+                asked, metadata, known_problems = self._proposal(draft)
                 timings["agent"] = round(time.monotonic() - t0, 3)
                 if asked.outcome in ("retry", "stopped"):
                     return asked.outcome
@@ -199,17 +204,46 @@ class Engine:
             exp_dir.mkdir(parents=True, exist_ok=True)
             _write_hypothesis(exp_dir, draft)
             rejected = (commit_baseline(s, draft, exp_dir) if draft.baseline
-                        else check_and_commit(s, draft, exp_dir, metadata))
+                        else check_and_commit(s, draft, exp_dir, metadata, known_problems))
             timings["check_commit"] = round(time.monotonic() - t, 3)
             if rejected:
                 return finish(s, draft, [Outcome("rejected", error=rejected)], None, timings, t0)
             if s.should_kill():
                 return finish(s, draft, [Outcome(s.killed_status(), error=s.killed_reason())], None, timings, t0)
+            self._start_next_proposal(draft, exp_dir)
             outcomes, decision = self._measure(draft, exp_dir, timings)
             return finish(s, draft, outcomes, decision, timings, t0)
         finally:
             with s.ctl:
                 s.flight = None
+
+    def _proposal(self, draft: Result):
+        """The change for this experiment: the pipelined proposal when one was written
+        while the previous experiment trained (asked again if it no longer applies), else
+        one asked for now. Returns (Asked, git metadata snapshot, known problems)."""
+        s = self.s
+        pending, self.next = self.next, None
+        if pending is not None:
+            pending.draft.started_at, pending.draft.parent = draft.started_at, draft.parent
+            pending.draft.budget, pending.draft.load_avg = draft.budget, draft.load_avg
+            asked, metadata, problems = pending.take(s)
+            _copy_proposal(pending.draft, draft)
+            if asked.outcome != "dropped":
+                return asked, metadata, problems
+        metadata = GitMetadata(s.wt.repo)
+        return propose(s, draft), metadata, []
+
+    def _start_next_proposal(self, draft: Result, exp_dir: Path) -> None:
+        """While this experiment trains, let the agent write the next change (pipelining),
+        unless the next experiment will surely be another baseline run."""
+        s = self.s
+        if self.next is not None or not s.config.effective_pipeline() or s.stopping:
+            return
+        if draft.baseline and not draft.remeasure and s.standing.baseline_attempts + 1 < s.config.loop.baseline_runs:
+            return
+        diff = (exp_dir / "diff.patch").read_text(encoding="utf-8") if (exp_dir / "diff.patch").exists() else ""
+        upcoming = Result(n=draft.n + 1, status="", sandbox=draft.sandbox)
+        self.next = NextProposal(s, upcoming, in_flight=draft, in_flight_diff=diff)
 
     def _measure(self, draft: Result, exp_dir: Path, timings: dict[str, float]) -> tuple[list[Outcome], Decision | None]:
         """Train and score the commit; a change that beats the best is run again
@@ -260,6 +294,12 @@ class Engine:
             time.sleep(0.1)
             s.tick()
         return not s.stopping
+
+
+def _copy_proposal(source: Result, target: Result) -> None:
+    """What a pipelined proposal filled in, onto the experiment's own draft."""
+    for name in ("description", "hypothesis", "notes", "agent", "error", "rebased"):
+        setattr(target, name, getattr(source, name))
 
 
 def _load_average() -> float | None:

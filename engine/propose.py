@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .agents.base import AgentError, CostCapReached, Proposal, ProposalContext, Usage
+from .agents.base import AgentError, CostCapReached, ProposalContext, Usage
 from .results import Result
 from .session import Session
 from .untrusted import bound_tail, strip_control
@@ -33,84 +33,122 @@ class Asked:
 
 
 def propose(s: Session, draft: Result) -> Asked:
-    """Ask the agent for a change; fills the draft's description, hypothesis, notes, agent."""
-    n = draft.n
-    with s.ctl:
-        notes = list(s.notes)
-    last = s.results[-1] if s.results else None
-    context = ProposalContext(
-        n=n,
-        worktree=s.rd.worktree,
-        program=_read_text(s.rd.worktree / "program.md"),
-        mutable=list(s.config.loop.mutable),
-        history=list(s.results),
-        best=s.standing.best,
-        last_result=last,
-        last_log_tail=_last_log_tail(s, last),
-        notes=notes,
-        seed=s.config.loop.seed,
-        emit=lambda text: s.journal.event("hypothesis", fsync=False, n=n, text=strip_control(str(text))),
-        budget_usd=_budget(s),
-        on_process_group=lambda pgid: s.journal.update_state(agent_pgid=pgid),
-    )
-    box: dict[str, Any] = {}
+    """Ask the agent for a change in the run's worktree and wait for it."""
+    return Asking(s, draft, s.wt, s.best_commit()).wait()
 
-    def work() -> None:
+
+class Asking:
+    """One proposal, written by the agent in a worker thread (so that stop and skip stay
+    responsive, and so that the next proposal can be written while an experiment trains).
+
+    ``wait`` ends it: it fills the draft's description, hypothesis, notes and agent usage,
+    or says why there is no change. The agent works in ``wt`` (the run's worktree, or the
+    second worktree of a pipelined proposal), which is reset to ``base`` on failure.
+    """
+
+    def __init__(self, s: Session, draft: Result, wt, base: str, *, in_flight: Result | None = None,
+                 in_flight_diff: str = ""):
+        self.s, self.draft, self.wt, self.base = s, draft, wt, base
+        n = draft.n
+        with s.ctl:
+            self.notes = list(s.notes)
+        last = s.results[-1] if s.results else None
+        self.context = ProposalContext(
+            n=n,
+            worktree=wt.path,
+            program=_read_text(wt.path / "program.md"),
+            mutable=list(s.config.loop.mutable),
+            history=list(s.results),
+            best=s.standing.best,
+            last_result=last,
+            last_log_tail=_last_log_tail(s, last),
+            notes=self.notes,
+            seed=s.config.loop.seed,
+            emit=lambda text: s.journal.event("hypothesis", fsync=False, n=n, text=strip_control(str(text))),
+            budget_usd=_budget(s),
+            on_process_group=lambda pgid: s.journal.update_state(agent_pgid=pgid),
+            in_flight=in_flight,
+            in_flight_diff=in_flight_diff,
+        )
+        self._box: dict[str, Any] = {}
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._work, name="agent", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
         try:
-            box["proposal"] = s.agent.propose(context)
-        except BaseException as e:  # handed to the loop below
-            box["error"] = e
+            self._box["proposal"] = self.s.agent.propose(self.context)
+        except BaseException as e:  # handed to wait()
+            self._box["error"] = e
 
-    thread = threading.Thread(target=work, name="agent", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.1)
-        s.tick()
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def cancel(self) -> None:
+        """Abandon it: the agent stops at its next step (a command agent's group is killed)."""
+        self.context.cancel.set()
+        self._thread.join(self.s.agent_stop_wait)  # then it is abandoned (a daemon thread)
+
+    def wait(self) -> Asked:
+        s, draft, n = self.s, self.draft, self.draft.n
+        timed_out = False
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+            s.tick()
+            if s.stopping:
+                self.cancel()
+                break
+            if time.monotonic() - self.started > s.config.loop.agent_timeout:
+                timed_out = True
+                self.cancel()
+                break
         if s.stopping:
-            context.cancel.set()  # the agent stops at its next step (a command agent's group is killed)
-            thread.join(s.agent_stop_wait)  # then it is abandoned (a daemon thread)
-            break
-    if s.stopping:
-        s.wt.reset_to(s.best_commit())
-        return Asked("stopped")
+            self.wt.reset_to(self.base)
+            return Asked("stopped")
 
-    error = box.get("error")
-    usage = error.usage if isinstance(error, AgentError) else (box["proposal"].usage if "proposal" in box else Usage())
-    _account(s, draft, usage)
-    if isinstance(error, CostCapReached):
-        # Stopped before a request that could pass the cap: nothing to record, the loop pauses.
-        s.wt.reset_to(s.best_commit())
-        s.journal.event("error", message=f"agent: {strip_control(str(error))}", n=n)
-        cap = s.config.agent.max_cost or 0.0
-        s.pause_with_error(f"cost cap reached: ${s.cost_usd:.2f} of ${cap:.2f}, and the next request could pass it; "
-                           "resume to continue past it")
-        return Asked("retry", str(error))
-    if error is not None:
-        transient = isinstance(error, AgentError) and error.transient
-        message = strip_control(str(error) if isinstance(error, AgentError) else f"{type(error).__name__}: {error}")
-        s.journal.event("error", message=f"agent: {message}", n=n)
-        s.wt.reset_to(s.best_commit())
-        if transient:
-            return _transient_failure(s, message)
-        s.failures += 1
-        if s.failures >= s.config.agent.max_failures:
-            s.pause_with_error(f"agent failed {s.failures} times in a row: {message}; resume to retry")
-        draft.description = f"agent error: {_one_line(message)}"
-        draft.error = message
-        draft.notes = notes
-        _consume_notes(s, notes)
-        s.say(f"#{n:04d} agent error: {_one_line(message)}")
-        return Asked("failed", message)
+        error = self._box.get("error")
+        if timed_out:
+            error = AgentError(f"the agent took longer than agent_timeout ({s.config.loop.agent_timeout:g} s) "
+                               "and was stopped")
+        proposal = self._box.get("proposal")
+        usage = error.usage if isinstance(error, AgentError) else (proposal.usage if proposal else Usage())
+        _account(s, draft, usage)
+        if isinstance(error, CostCapReached):
+            # Stopped before a request that could pass the cap: nothing to record, the loop pauses.
+            self.wt.reset_to(self.base)
+            s.journal.event("error", message=f"agent: {strip_control(str(error))}", n=n)
+            cap = s.config.agent.max_cost or 0.0
+            s.pause_with_error(f"cost cap reached: ${s.cost_usd:.2f} of ${cap:.2f}, and the next request could "
+                               "pass it; resume to continue past it")
+            return Asked("retry", str(error))
+        if error is not None:
+            transient = isinstance(error, AgentError) and error.transient
+            message = strip_control(str(error) if isinstance(error, AgentError) else f"{type(error).__name__}: {error}")
+            s.journal.event("error", message=f"agent: {message}", n=n)
+            self.wt.reset_to(self.base)
+            if transient:
+                return _transient_failure(s, message)
+            s.failures += 1
+            if s.failures >= s.config.agent.max_failures:
+                s.pause_with_error(f"agent failed {s.failures} times in a row: {message}; resume to retry")
+            draft.description = f"agent error: {_one_line(message)}"
+            draft.error = message
+            draft.notes = self.notes
+            _consume_notes(s, self.notes)
+            s.say(f"#{n:04d} agent error: {_one_line(message)}")
+            return Asked("failed", message)
 
-    s.failures = 0
-    proposal: Proposal = box["proposal"]
-    # Untrusted text: no escape sequences or bidi overrides may reach a terminal, the journal or git.
-    draft.hypothesis = strip_control(str(proposal.hypothesis or "")).strip()[:MAX_HYPOTHESIS]
-    draft.description = _one_line(strip_control(str(proposal.description or "")))[:MAX_DESCRIPTION] or "(no description)"
-    draft.notes = notes
-    _consume_notes(s, notes)
-    s.journal.event("proposal", n=n, hypothesis=draft.hypothesis, description=draft.description, agent=draft.agent)
-    return Asked("ok")
+        s.failures = 0
+        # Untrusted text: no escape sequences or bidi overrides may reach a terminal, the journal or git.
+        draft.hypothesis = strip_control(str(proposal.hypothesis or "")).strip()[:MAX_HYPOTHESIS]
+        draft.description = (_one_line(strip_control(str(proposal.description or "")))[:MAX_DESCRIPTION]
+                             or "(no description)")
+        draft.notes = self.notes
+        _consume_notes(s, self.notes)
+        s.journal.event("proposal", n=n, hypothesis=draft.hypothesis, description=draft.description,
+                        agent=draft.agent)
+        return Asked("ok")
 
 
 def _budget(s: Session) -> float | None:

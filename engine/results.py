@@ -106,6 +106,7 @@ class Result:
     tokens_per_sec: float | None = None  # mean throughput of its runs, as train.py reported it
     num_steps: int | None = None
     load_avg: float | None = None  # the machine's 1-minute load average when it started
+    rebased: bool = False  # a pipelined proposal applied on a best that moved while it was written
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @property
@@ -169,6 +170,7 @@ class Result:
             tokens_per_sec=_opt_float(d.get("tokens_per_sec")),
             num_steps=d.get("num_steps") if isinstance(d.get("num_steps"), int) else None,
             load_avg=_opt_float(d.get("load_avg")),
+            rebased=d.get("rebased") is True,
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -426,6 +428,7 @@ class State:
     sandbox: str | None = None
     noise: Noise | None = None  # the noise estimate in force
     runs: list[float] = field(default_factory=list)  # measurements of the experiment in flight so far
+    next_proposal: dict[str, Any] | None = None  # a pipelined proposal: {"n", "state": thinking|ready|rebased|dropped}
     updated_at: float | None = None
     heartbeat_at: float | None = None
 
@@ -472,7 +475,7 @@ class State:
                 value = {str(k): v for k, v in value.items() if isinstance(v, int)} if isinstance(value, dict) else {}
             elif f.name == "notes_pending":
                 value = [x for x in value if isinstance(x, str)] if isinstance(value, list) else []
-            elif f.name in ("agent", "config"):
+            elif f.name in ("agent", "config", "next_proposal"):
                 value = value if isinstance(value, dict) else None
             else:
                 value = value if isinstance(value, str) else None

@@ -12,6 +12,7 @@ Layout of ``<repo>/.autoresearch/<tag>/``:
     run.json          written once when the tag starts: base commit, budget, fingerprints
     trusted/          prepare.py as the run started: the scorer runs from here
     worktree/         git worktree on branch autoresearch/<tag>
+    next/             a second worktree (detached) where the next proposal is written
     experiments/NNNN/ run.log, diff.patch, hypothesis.md, eval.json
 
 Event types written to events.jsonl (every event also has "ts"; most have "n"):
@@ -24,6 +25,9 @@ Event types written to events.jsonl (every event also has "ts"; most have "n"):
     command     {"cmd": str, "text": str|None, "result": "accepted"|"refused", "reason": str}
     usage       {"n": int, "agent": {...}}   tokens and cost of one proposal
     error       {"message": str, "n": int|None}
+    measurement {"n": int, "run": int, "metric": float}  a run of a candidate, before its confirmation
+    proposal_dropped {"n": int, "description": str, "reason": str}  a pipelined proposal that no longer applied
+    notify      {"message": str}             a notification that could not be delivered
 """
 
 from __future__ import annotations
@@ -92,6 +96,11 @@ class RunDir:
     @property
     def worktree(self) -> Path:
         return self.root / "worktree"
+
+    @property
+    def next_worktree(self) -> Path:
+        """Where a pipelined proposal is written while an experiment trains."""
+        return self.root / "next"
 
     @property
     def experiments(self) -> Path:

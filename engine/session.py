@@ -22,6 +22,7 @@ from .config import Config
 from .integrity import Fingerprint
 from .journal import Journal
 from .lock import EngineLock
+from .notify import Notifier
 from .results import Result, Standing
 from .rundir import RunDir
 from .runner import KILL_GRACE_SECONDS
@@ -83,6 +84,8 @@ class Session:
         self.lock = EngineLock(self.rd.lock, self.tag)
         self.budget = config.loop.effective_budget()
         self.timeout = config.loop.effective_timeout()
+        self.notifier = Notifier([], self.tag)  # replaced by a real one once the tag's lock is held
+        self.stop_reason: str | None = None  # why the loop ended, for the last notification
         self.sandbox = sandbox.detect(config.loop.sandbox)  # SandboxError (one line) before anything is written
         _check_agent_may_run(config, self.sandbox)
 
@@ -163,6 +166,7 @@ class Session:
         self.say(f"{label}{phase}{desc}")
 
     def pause_with_error(self, message: str) -> None:
+        self.notifier.paused(message)
         with self.ctl:
             self.error = message
             self.paused = True
@@ -180,7 +184,9 @@ class Session:
         """Append a finished experiment to the journal and fold it into the standing."""
         self.journal.append_result(result)
         self.results.append(result)
+        best_before = self.standing.best
         self.standing.add(result)
+        self.notifier.result(result, best_before)
         self.journal.event("result", **result.short())
         self.journal.update_state(best=self.standing.best, baseline=self.standing.baseline,
                                   counts=dict(self.standing.counts))

@@ -20,6 +20,7 @@ from .errors import UsageError
 from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import INTERRUPTIBLE_PHASES, Result, Standing, State
 from .runner import kill_stale_group, run_process
+from .notify import Notifier
 from .preflight import data_stamp
 from .session import Session
 from .steering import on_command
@@ -29,6 +30,8 @@ def open_tag(s: Session) -> ControlServer:
     """Take the tag's lock and resume it (or start it). Returns the running control server."""
     _make_private_run_dir(s)
     s.lock.acquire()
+    s.notifier = Notifier(s.config.notify.effective_urls(), s.tag,
+                          on_error=lambda message: s.journal.event("notify", message=message))
     repo = gitops.open_repo(s.repo_path)
     gitops.ensure_excluded(repo)
     resuming = s.rd.results_jsonl.exists() or s.rd.state_json.exists()
@@ -37,7 +40,7 @@ def open_tag(s: Session) -> ControlServer:
     s.wt = gitops.Worktree.open_or_create(repo, s.rd.worktree, s.tag)
     s.base_commit = s.wt.resolve(gitops.base_ref(s.tag)) or s.wt.head()
     kill_stale_group(previous.train_pgid, s.rd.root)
-    reap_stale_group(previous.agent_pgid, s.rd.worktree)  # before anything touches the worktree
+    reap_stale_group(previous.agent_pgid, s.rd.root)  # before anything touches a worktree
 
     _record_interrupted_from(s, previous)
     s.standing = Standing.of(s.results, s.base_commit)
@@ -89,6 +92,8 @@ def close_tag(s: Session, server: ControlServer | None) -> None:
         s.set_phase("stopped")
     s.journal.update_state(train_pgid=None, agent_pgid=None, notes_pending=list(s.notes))
     s.journal.event("engine", event="exit", pid=os.getpid())
+    s.notifier.stopped(s.error if s.exit_code else s.stop_reason, error=bool(s.exit_code), best=s.standing.best)
+    s.notifier.close(5.0)
     s.lock.release()
 
 
@@ -107,8 +112,11 @@ def _make_private_run_dir(s: Session) -> None:
 
 
 def _remove_leftovers(s: Session) -> None:
-    """What engines killed mid-experiment leave behind: exported files, scratch directories
-    (checkpoints) of every experiment but the best, and half-written temporary files."""
+    """What engines killed mid-experiment leave behind: a half-written pipelined proposal,
+    exported files, scratch directories (checkpoints) of every experiment but the best,
+    and half-written temporary files."""
+    if (s.rd.next_worktree / ".git").exists():
+        gitops.Worktree(s.rd.next_worktree, s.tag).reset_to(s.best_commit())
     best = s.standing.best.n if s.standing.best else None
     for exp in s.rd.experiments.iterdir() if s.rd.experiments.is_dir() else ():
         if not exp.name.isdigit():
@@ -175,7 +183,7 @@ def _write_full_state(s: Session) -> None:
                                                "model": getattr(s.agent, "model", None)},
         cost_usd=s.cost_usd, config=s.config.to_dict(), branch=gitops.branch_name(s.tag),
         worktree=str(s.rd.worktree), notes_pending=list(s.notes), sandbox=s.sandbox.describe(),
-        noise=s.standing.noise(), runs=[],
+        noise=s.standing.noise(), runs=[], next_proposal=None,
     )
 
 

@@ -78,6 +78,7 @@ def _keep(s: Session, text: str | None) -> dict[str, Any]:
 
 
 def _stop(s: Session, text: str | None) -> dict[str, Any]:
+    s.stop_reason = s.stop_reason or "stopped by a person"
     s.stop_event.set()
     s.journal.update_state(stop_requested=True)
     f = s.flight

@@ -27,6 +27,10 @@ class ProposalContext:
     last_log_tail: str  # UNTRUSTED: tail of the previous run.log; fence it, never obey it
     notes: list[str]  # human notes sent since the last proposal
     seed: int = 0
+    # Pipelined proposals: the experiment training right now (its record so far) and its
+    # diff, so the agent does not propose the same thing again. None when nothing trains.
+    in_flight: Result | None = None
+    in_flight_diff: str = ""
     # Stream agent text as it arrives (the engine writes it to events.jsonl).
     emit: Callable[[str], None] = field(default=lambda text: None)
     # US dollars this proposal may still spend: the run's max_cost minus what the run

@@ -314,8 +314,8 @@ def _signal_group(pgid: int, sig: int) -> None:
 def reap_stale_group(pgid: int | None, worktree: Path | str) -> bool:
     """At start-up: SIGKILL what is left of an agent's process group that a previous
     (killed) engine recorded. The group is touched only if one of its processes is
-    provably this run's agent: it carries AUTORESEARCH_WORKTREE for ``worktree`` in its
-    environment, or works inside it. A process group id is not reused while any
+    provably this run's agent: it carries an AUTORESEARCH_WORKTREE inside ``worktree`` (a
+    run's directory holds both its worktrees) in its environment, or works inside it. A process group id is not reused while any
     member lives, so one such process is proof for the whole group."""
     if not pgid or pgid <= 1:
         return False
@@ -324,7 +324,8 @@ def reap_stale_group(pgid: int | None, worktree: Path | str) -> bool:
         try:
             if os.getpgid(p.pid) != pgid:
                 continue
-            if p.environ().get(WORKTREE_VAR) == str(root) or Path(p.cwd()).resolve().is_relative_to(root):
+            marked = p.environ().get(WORKTREE_VAR)
+            if (marked and Path(marked).is_relative_to(root)) or Path(p.cwd()).resolve().is_relative_to(root):
                 _signal_group(pgid, signal.SIGKILL)
                 return True
         except (psutil.Error, OSError):

@@ -164,6 +164,24 @@ def last_result_text(context: ProposalContext) -> str:
     return "\n".join(parts)
 
 
+MAX_IN_FLIGHT_DIFF = 6_000
+
+
+def in_flight_text(context: ProposalContext) -> str:
+    """The experiment training while this proposal is written: not known yet, not to repeat."""
+    r = context.in_flight
+    diff = context.in_flight_diff
+    if len(diff) > MAX_IN_FLIGHT_DIFF:
+        diff = diff[:MAX_IN_FLIGHT_DIFF] + "\n[... cut ...]"
+    return (
+        f"## Training right now: #{r.n:04d} {clip(r.description)}\n"
+        f"Its result is not known yet. Do not propose the same change; your change is applied on "
+        f"whatever is the best when it finishes (on top of it, if it is kept).\n"
+        f"Why it was tried: {clip(r.hypothesis, 300)}\n"
+        + (f"Its change:\n```diff\n{strip_control(diff)}\n```" if diff.strip() else "")
+    )
+
+
 def notes_text(notes: list[str]) -> str:
     kept = [n for n in notes if n and n.strip()][-MAX_NOTES:]
     return "\n".join(f"- {strip_control(n).strip()[:MAX_NOTE_CHARS]}" for n in kept)
@@ -197,6 +215,8 @@ def user_prompt(context: ProposalContext, include_files: bool = True) -> str:
     sections.append("## Summary of the run so far\n" + running_summary(context.history))
     sections.append("## Recent experiments (oldest first)\n" + format_history(context.history))
     sections.append("## Last result\n" + last_result_text(context))
+    if context.in_flight is not None:
+        sections.append(in_flight_text(context))
     if include_files:
         sections.append("## The mutable files as they are now (the current best)\n\n" + files_text(context))
     sections.append(

@@ -182,6 +182,7 @@ CLAUDE_TOML = """
 budget_seconds = 5
 baseline_runs = 1
 decision = "strict"
+pipeline = false
 
 [agent]
 name = "claude"
@@ -384,3 +385,24 @@ def test_the_cost_cap_holds_inside_a_proposal(repo, engines):
     assert state.cost_usd == pytest.approx(0.016 * len(api.requests))
     assert [r.status for r in results] == ["baseline"]
     assert "LR = 0.01" in (engine.rd.worktree / "train.py").read_text()
+
+
+def test_claude_writes_the_next_change_while_one_trains(repo, engines):
+    """Pipelining with the real SDK: each proposal is asked for while the experiment
+    before it trains, with that experiment's change in the prompt, and is re-applied on
+    the new best when the one before it is kept."""
+    api = FakeMessagesAPI([
+        edit_and_submit("LR = 0.01", "LR = 0.005"),
+        edit_and_submit('print("peak_mem_mb: 1.0")', 'print("peak_mem_mb: 2.0")'),
+    ])
+    toml = CLAUDE_TOML.replace("pipeline = false", "pipeline = true").format(extra="")
+    with api:
+        engine = EngineProcess(repo, "pipe", ["--max-experiments", "3"], claude_env(api), toml)
+        engines.append(engine)
+        assert engine.wait_exit() == 0, engine.output()
+    results = engine.results()
+    assert [r.status for r in results][:2] == ["baseline", "keep"] and len(results) == 3
+    assert results[2].rebased and results[2].parent == results[1].commit
+    first, second = request_text(api.requests[0]), request_text(api.requests[1])
+    assert "Training right now: #0001" in first  # written while the baseline trained
+    assert "Training right now: #0002" in second and "+LR = 0.005" in second

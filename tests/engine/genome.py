@@ -26,6 +26,7 @@ WIDTH = 64
 SLEEP = 0.02
 MODE = "ok"
 TOKENS = 1000
+BIAS = 0.0
 
 
 def main():
@@ -68,7 +69,7 @@ def main():
             print(f"step {i}", flush=True)
             time.sleep(0.05)
     time.sleep(SLEEP)
-    metric = 1.0 + abs(math.log10(LR / 0.04)) + abs(WIDTH - 128) / 1000
+    metric = 1.0 + abs(math.log10(LR / 0.04)) + abs(WIDTH - 128) / 1000 + BIAS
     with open(ckpt, "w") as f:
         json.dump({"metric": metric, "eval": MODE}, f)
     print("---")

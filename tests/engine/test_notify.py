@@ -290,3 +290,23 @@ def test_bad_notify_configuration_is_one_line(tmp_path: Path, monkeypatch, toml,
 def test_redact_url_shows_only_the_scheme():
     assert redact_url("tgram://123456:ABCDEF/987/") == "tgram://…"
     assert redact_url("garbage") == "(not a URL)"
+
+
+def test_the_engine_notifies_a_new_best_and_the_end_of_the_loop(endpoint, tmp_path: Path):
+    """Through the real engine: a kept change, then the loop finishing, reach the endpoint
+    (batched into one message by the rate window) without slowing the loop."""
+    from tests.engine.conftest import run_engine
+    from tests.engine.genome import make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    with open(repo / "autoresearch.toml", "a") as f:
+        f.write(f'\n[notify]\nurls = ["{endpoint.url()}"]\n')
+    run_engine(repo, [{"set": {"LR": 0.02}, "desc": "double the learning rate"}], loop__max_experiments=2,
+               loop__baseline_runs=1)
+    lines: list[str] = []
+    while not any("max-experiments" in line for line in lines):
+        title, body = message(endpoint.next())
+        lines += [title, *body]
+    text = "\n".join(lines)
+    assert "double the learning rate" in text and "#0002" in text
+    assert "reached --max-experiments 2" in text
