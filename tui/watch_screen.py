@@ -59,6 +59,18 @@ class LoopInfo:
     git: GitView | None = None
 
 
+def shorten_path(path: str, room: int) -> str:
+    """``path`` with the home directory as ~, cut from the left to ``room`` cells (the
+    repository's own name is kept whole: it is the part that tells loops apart)."""
+    home = str(Path.home())
+    if home != "/" and (path == home or path.startswith(home + "/")):
+        path = "~" + path[len(home):]
+    if len(path) <= room:
+        return path
+    name = Path(path).name
+    return "…/" + name if len(name) + 2 >= room else "…" + path[-(room - 1):]
+
+
 def status_by_commit(results: list[Result]) -> dict[str, Result]:
     """The latest result of each commit named in results.tsv (short hashes)."""
     return {r.commit: r for r in results if r.commit}
@@ -244,6 +256,8 @@ class WatchScreen(Screen):
     def on_resize(self, event: events.Resize) -> None:
         compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
         self.set_class(compact, "-compact")
+        if self._top is not None:
+            self.show_top(*self._top)  # the path is cut to the width
 
     @property
     def compact(self) -> bool:
@@ -258,15 +272,15 @@ class WatchScreen(Screen):
     def show_top(self, repo: str, training: TrainingProcess | None) -> None:
         self._top = (repo, training)
         style = partial(theme_style, self)
+        mark = (f"● training (pid {training.pid})", style("$success")) if training is not None \
+            else ("○ no training process", style("dim"))
+        fixed = len("autoresearch · watching  (driven by another program) · ") + len(mark[0])
         out = Text(no_wrap=True, overflow="ellipsis")
         out.append("autoresearch", style="bold")
         out.append(" · watching ")
-        out.append(repo, style="bold")
-        out.append(" (driven by another program) · ", style="")
-        if training is not None:
-            out.append(f"● training (pid {training.pid})", style=style("$success"))
-        else:
-            out.append("○ no training process", style="dim")
+        out.append(shorten_path(repo, self.size.width - 2 - fixed), style="bold")
+        out.append(" (driven by another program) · ")
+        out.append(*mark)
         self.query_one("#topbar", Static).update(out)
 
     # -- tabs (compact layout) -------------------------------------------------------
