@@ -9,7 +9,6 @@ import os
 import shlex
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -98,7 +97,7 @@ async def test_steering_keys_say_why_they_are_unavailable_and_k_needs_a_process(
         assert not bindings["K"].enabled  # no training process
         for key, name in (("p", "Pause"), ("s", "Skip"), ("k", "Keep"), ("n", "Note")):
             await pilot.press(key)
-            await wait_for(pilot, lambda: any(n.startswith(f"{name}: unavailable") for n in notes(app)), name)
+            await wait_for(pilot, lambda name=name: any(n.startswith(f"{name}: unavailable") for n in notes(app)), name)
         assert all("driven by another program" in n for n in notes(app))
         assert isinstance(app.screen, WatchScreen)  # no dialog opened
         await pilot.press("K")
