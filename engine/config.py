@@ -66,6 +66,9 @@ class LoopConfig:
     seed: int = 0
     sandbox: str = "auto"  # "auto": bubblewrap when it works here; "bwrap": required; "off": none
     pipeline: bool | None = None  # propose the next change while one trains; None: on for claude and command
+    # Modules a training process imports before it is needed (while the previous
+    # experiment is scored): the slow part of starting. [] starts processes cold.
+    warm_imports: list[str] = field(default_factory=lambda: ["numpy", "torch"])
     agent_timeout: float = 1800.0  # seconds a proposal (any agent) may take; then it is cancelled (a crash)
     confirm_runs: int = 1  # a change that beats the best is run this many more times before it is kept
     remeasure_every: int = 10  # re-measure the best after this many experiments (0: never); drift guard
@@ -226,6 +229,9 @@ def validate(config: Config) -> None:
         raise ConfigError("timeout must be a positive number of seconds")
     if loop.sandbox not in ("auto", "bwrap", "off"):
         raise ConfigError(f'{CONFIG_FILENAME}: [loop] sandbox must be "auto", "bwrap" or "off", not {loop.sandbox!r}')
+    for module in loop.warm_imports:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(f"[loop] warm_imports must list module names, not {module[:60]!r}")
     if loop.agent_timeout <= 0:
         raise ConfigError("agent_timeout must be a positive number of seconds")
     if loop.confirm_runs < 0 or loop.remeasure_every < 0:

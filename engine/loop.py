@@ -49,6 +49,7 @@ from .runner import KILL_GRACE_SECONDS
 from .session import Flight, Session
 from .startup import close_tag, open_tag, record_interrupted_flight
 from .trial import Outcome, run_trial
+from .warm import discard_warm
 
 
 class Engine:
@@ -99,6 +100,7 @@ class Engine:
         finally:
             if self.next is not None:
                 self.next.cancel(s)
+            discard_warm(s)
             close_tag(s, server)
         if s.exit_code == 0 and s.stop_signal is not None:
             return 128 + s.stop_signal

@@ -157,6 +157,21 @@ class _OutputPump(threading.Thread):
                 self.summary[key.strip()] = value.strip()
 
 
+def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """Start a child the engine can always take back: its own session and process group,
+    killed by the kernel if the engine dies, output (both streams) on a pipe."""
+    return subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own session and process group
+        preexec_fn=_set_parent_death_signal,
+    )
+
+
 def run_process(
     argv: list[str],
     *,
@@ -171,8 +186,28 @@ def run_process(
     on_start: Callable[[int], None] | None = None,
     echo: Callable[[bytes], None] | None = None,
 ) -> ProcessResult:
-    """Run ``argv`` to completion, appending its output to ``log_path``.
+    """Run ``argv`` to completion, appending its output to ``log_path`` (see ``supervise``)."""
+    proc = spawn(argv, cwd=cwd, env=env)
+    if on_start is not None:
+        on_start(proc.pid)
+    return supervise(proc, log_path=log_path, timeout=timeout, hang_seconds=hang_seconds, tick=tick,
+                     should_kill=should_kill, grace=grace, echo=echo)
 
+
+def supervise(
+    proc: subprocess.Popen,
+    *,
+    log_path: Path,
+    timeout: float | None = None,
+    hang_seconds: float | None = None,
+    tick: Callable[[], None] | None = None,
+    should_kill: Callable[[], bool] | None = None,
+    grace: float = KILL_GRACE_SECONDS,
+    echo: Callable[[bytes], None] | None = None,
+) -> ProcessResult:
+    """Watch a started child to its end, appending its output to ``log_path``.
+
+    The clock starts now (a warm process's start-up before this call is not counted).
     Ends it early (SIGTERM to the group, SIGKILL after ``grace``) when it passes
     ``timeout`` seconds, shows neither output nor CPU progress for ``hang_seconds``,
     or ``should_kill()`` turns true. Nothing it started outlives this call.
@@ -181,22 +216,11 @@ def run_process(
     with open(log_path, "ab") as log:
         before = log.tell()
         start = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own session and process group
-            preexec_fn=_set_parent_death_signal,
-        )
-        if on_start is not None:
-            on_start(proc.pid)
         pump = _OutputPump(proc.stdout, log, before, echo)
         pump.start()
         reason = "exited"
         cpu = _TreeCpu(proc.pid)
+        cpu.advanced()  # the tree's CPU so far (a warm start-up) is not progress
         last_progress = start
         next_sample = start
         sample_every = min(CPU_SAMPLE_SECONDS, (hang_seconds or CPU_SAMPLE_SECONDS) / 4)

@@ -86,6 +86,7 @@ class Session:
         self.timeout = config.loop.effective_timeout()
         self.notifier = Notifier([], self.tag)  # replaced by a real one once the tag's lock is held
         self.stop_reason: str | None = None  # why the loop ended, for the last notification
+        self.warm_slot = None  # engine/warm.py: the next training process, started ahead
         self.sandbox = sandbox.detect(config.loop.sandbox)  # SandboxError (one line) before anything is written
         _check_agent_may_run(config, self.sandbox)
 

@@ -117,6 +117,7 @@ def _remove_leftovers(s: Session) -> None:
     and half-written temporary files."""
     if (s.rd.next_worktree / ".git").exists():
         gitops.Worktree(s.rd.next_worktree, s.tag).reset_to(s.best_commit())
+    shutil.rmtree(s.rd.root / "slots", ignore_errors=True)  # warm training processes died with their engine
     best = s.standing.best.n if s.standing.best else None
     for exp in s.rd.experiments.iterdir() if s.rd.experiments.is_dir() else ():
         if not exp.name.isdigit():

@@ -3,8 +3,9 @@
 Training runs the commit's own files (exported from git: tracked files only, no .git,
 nothing ignored) read-only at /work, with one writable scratch directory at /scratch for
 the checkpoint and the data cache at /data, where only manifest.json and train.bin can
-be read. The engine times it from outside: wall time past ``budget + startup`` seconds
-ends it as ``timeout``, whatever train.py counts.
+be read (engine/warm.py: the process is usually started, warm, while the experiment
+before was scored). The engine times it from outside, from its release: wall time past
+``budget + startup`` seconds ends it as ``timeout``, whatever train.py counts.
 
 The scorer is the trusted copy of prepare.py (engine/startup.py installs it), run
 outside the sandbox; it starts the model servers that run train.py's code through the
@@ -27,15 +28,14 @@ from . import rundir, sandbox
 from .decide import classify_failure, parse_float
 from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import METRIC, is_number
-from .runner import ProcessResult, minimal_env, run_process
+from .runner import ProcessResult, minimal_env, spawn, supervise
 from .session import Session
 from .untrusted import strip_control
+from .warm import take_slot, warm_next
 
 EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_SIGNAL_WAIT = 1.0
-# Files of the data cache training may read; everything else there (val.bin) stays hidden.
-TRAINING_DATA = ("manifest.json", "train.bin")
 
 
 @dataclass
@@ -90,31 +90,22 @@ def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str,
     """Train and score ``commit`` once. Run 2 and later are confirmation runs: their phase is
     "confirming", their output follows a marker in the same run.log, and their timings are
     added up. With ``holdout`` the scorer also scores the holdout slice."""
-    src, scratch = exp_dir / "src", exp_dir / "scratch"
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.rmtree(scratch, ignore_errors=True)
-    s.wt.export(commit, src)
-    for sub in ("tmp", "home"):
-        (scratch / sub).mkdir(parents=True, exist_ok=True)
     if run > 1:
         with open(exp_dir / "run.log", "ab") as f:
             f.write(f"\n=== autoresearch: confirmation run {run} ===\n".encode())
+    src = exp_dir / "src"
     try:
-        return _train_and_score(s, src, scratch, exp_dir, timings, holdout, run)
+        return _train_and_score(s, commit, exp_dir, timings, holdout, run)
     finally:
         shutil.rmtree(src, ignore_errors=True)
-        for sub in ("tmp", "home"):
-            shutil.rmtree(scratch / sub, ignore_errors=True)
 
 
-def _run(s: Session, argv: list[str], *, cwd: Path, env: dict[str, str], log: Path, limit: float) -> ProcessResult:
-    """Run one child under the run's limits. Its process group is in state.json while it
-    runs, so a restarted engine can reap what a killed one left behind."""
-    result = run_process(
-        argv, cwd=cwd, env=env, log_path=log, timeout=limit, hang_seconds=s.config.loop.hang_seconds,
-        tick=s.tick, should_kill=s.should_kill, grace=s.kill_grace,
-        on_start=lambda pid: s.journal.update_state(train_pgid=pid),
-    )
+def _supervise(s: Session, proc, log: Path, limit: float) -> ProcessResult:
+    """Watch a started child under the run's limits. Its process group is in state.json
+    while it runs, so a restarted engine can reap what a killed one left behind."""
+    s.journal.update_state(train_pgid=proc.pid)
+    result = supervise(proc, log_path=log, timeout=limit, hang_seconds=s.config.loop.hang_seconds,
+                       tick=s.tick, should_kill=s.should_kill, grace=s.kill_grace)
     s.journal.update_state(train_pgid=None)
     if result.reason == "exited" and result.killed_by_signal in STOP_SIGNALS:
         # A whole-job stop (systemd, SLURM, a kill of the process group) signals the child
@@ -126,24 +117,17 @@ def _run(s: Session, argv: list[str], *, cwd: Path, env: dict[str, str], log: Pa
     return result
 
 
-def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timings: dict[str, float],
+def _train_and_score(s: Session, commit: str, exp_dir: Path, timings: dict[str, float],
                      holdout: bool, run: int) -> Outcome:
     log = exp_dir / "run.log"
-    cache = cache_dir()
-    hide = hidden_paths() + [str(p) for p in cache.iterdir() if p.name not in TRAINING_DATA]
-    jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": src, "/data": cache}, rw={"/scratch": scratch}, hide=hide))
-    env = minimal_env({
-        "AUTORESEARCH_CACHE": jail.path("/data"),
-        "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}",
-        "AUTORESEARCH_CHECKPOINT": jail.path("/scratch/checkpoint.pt"),
-        "TMPDIR": jail.path("/scratch/tmp"),
-        "HOME": jail.path("/scratch/home"),
-    })
-    train = jail.launch([jail.python, jail.path("/work/train.py")], env=env, cwd="/work")
+    hide = hidden_paths()
+    slot = take_slot(s, hide)
     s.set_phase("running" if run == 1 else "confirming")
     limit = training_limit(s)
-    trained = _run(s, train.argv, cwd=Path(train.cwd), env=train.env, log=log, limit=limit)
-    trained.returncode = train.returncode(trained.returncode)
+    trained = _supervise(s, slot.release(s, commit), log, limit)  # the budget's clock starts at the release
+    trained.returncode = slot.launch.returncode(trained.returncode)
+    src, scratch = slot.hand_over(exp_dir)
+    warm_next(s, hide)  # the next training process starts while this one is scored
     timings["train"] = round(timings.get("train", 0.0) + trained.wall_seconds, 3)
     # train.py's output is untrusted text: what of it is kept in the journal is cleaned.
     summary = {strip_control(k)[:64]: strip_control(v)[:200] for k, v in list(trained.summary.items())[:50]}
@@ -184,7 +168,7 @@ def _train_and_score(s: Session, src: Path, scratch: Path, exp_dir: Path, timing
     scorer = [s.python, "-I", "-B", str(s.rd.scorer), "evaluate", "--train", str(src / "train.py"),
               "--checkpoint", str(ckpt), "--out", str(eval_json), "--server-cmd", json.dumps(server.argv),
               *(["--holdout"] if holdout else [])]
-    ev = _run(s, scorer, cwd=exp_dir, env=child_env(s, {}), log=log, limit=s.timeout)
+    ev = _supervise(s, spawn(scorer, cwd=exp_dir, env=child_env(s, {})), log, s.timeout)
     ev.tail = [strip_control(line)[:500] for line in ev.tail]  # a model server's output is untrusted too
     ev.fail_line = strip_control(ev.fail_line) if ev.fail_line else None
     timings["eval"] = round(timings.get("eval", 0.0) + ev.wall_seconds, 3)

@@ -183,6 +183,7 @@ budget_seconds = 5
 baseline_runs = 1
 decision = "strict"
 pipeline = false
+warm_imports = []
 
 [agent]
 name = "claude"
@@ -291,7 +292,7 @@ def test_command_agent_good_edit_kept_and_out_of_scope_edits_rejected(repo, engi
     script = tmp_path / "agent.sh"
     script.write_text(COMMAND_AGENT)
     script.chmod(0o755)
-    toml = '[loop]\nbudget_seconds = 5\nbaseline_runs = 1\ndecision = "strict"\n'
+    toml = '[loop]\nbudget_seconds = 5\nbaseline_runs = 1\ndecision = "strict"\nwarm_imports = []\n'
     env = dict(os.environ)
     engine = EngineProcess(repo, "cmd", ["--agent", "command", "--agent-command", str(script), "--max-experiments", "4"], env, toml)
     engines.append(engine)
@@ -341,7 +342,7 @@ def test_a_command_agent_does_not_outlive_its_engine(repo, engines, tmp_path, ho
     script = tmp_path / "agent.sh"
     script.write_text(HANGING_COMMAND_AGENT.format(pids=pids))
     script.chmod(0o755)
-    toml = '[loop]\nbudget_seconds = 5\nbaseline_runs = 1\ndecision = "strict"\n'
+    toml = '[loop]\nbudget_seconds = 5\nbaseline_runs = 1\ndecision = "strict"\nwarm_imports = []\n'
     engine = EngineProcess(repo, "hang", ["--agent", "command", "--agent-command", str(script)], dict(os.environ), toml)
     engines.append(engine)
     helper_file, shell_file = Path(f"{pids}.helper"), Path(f"{pids}.shell")

@@ -31,6 +31,14 @@ BIAS = 0.0
 
 def main():
     ckpt = os.environ["AUTORESEARCH_CHECKPOINT"]
+    with open("/proc/self/stat") as f, open("/proc/uptime") as g:  # how long ago this process started
+        age = float(g.read().split()[0]) - int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    print(f"process age {age:.2f}", flush=True)
+    if MODE == "leave":  # something in its scratch directory that no later experiment may see
+        with open(os.path.join(os.path.dirname(ckpt), "left-behind.txt"), "w") as f:
+            f.write("from an earlier experiment")
+    if MODE == "look":
+        print("SCRATCH " + json.dumps(sorted(os.listdir(os.path.dirname(ckpt)))), flush=True)
     print(f"budget {os.environ.get('AUTORESEARCH_TIME_BUDGET')}", flush=True)
     print("step 1 loss 3.0", flush=True)
     if MODE == "evil":  # a last line that would write the clipboard, retitle and clear the terminal
@@ -103,6 +111,9 @@ def main():
         print("evaluating", flush=True)
         if data.get("eval") == "evalcrash":
             sys.exit("evaluation blew up")
+        if data.get("eval") in ("leave", "look"):
+            import time
+            time.sleep(1.5)  # a slow evaluation, long enough to see the next run start warm
         value = float("nan") if data.get("eval") == "evalnan" else data["metric"]
         if data.get("eval") == "lucky":
             count = Path("evaluations")
@@ -133,9 +144,10 @@ timeout_seconds = {timeout}
 hang_seconds = {hang}
 baseline_runs = {baseline_runs}
 remeasure_every = 0
+warm_imports = []
 '''
 # (The drift guard's re-measurements would shift every scripted experiment's number;
-# the tests of the drift guard turn it on.)
+# the tests of the drift guard turn it on. The stand-in imports no torch.)
 
 
 def make_repo(path: Path, *, timeout: float = 3, hang: float = 1.0, baseline_runs: int = 2,
