@@ -6,7 +6,7 @@ experiment that changes it.
 
     python prepare.py [--source PATH] [--force]        build the data cache
     python prepare.py evaluate --train PATH --checkpoint PATH --out eval.json
-                               [--holdout] [--server-cmd JSON] [--timeout S]
+                               [--holdout] [--server-cmd JSON] [--timeout S] [--wait]
     python prepare.py serve-model --train PATH --checkpoint PATH     (started by evaluate)
 
 Data: byte-level tokens (vocabulary 256), so bits per byte fall straight out of
@@ -813,8 +813,13 @@ def default_server_cmd(train: Path, checkpoint: Path) -> list[str]:
 
 
 def evaluate(train: Path, checkpoint: Path, server_cmd: list[str] | None = None, holdout: bool = False,
-             timeout: float = RESPONSE_TIMEOUT) -> dict:
-    """Score a checkpoint through two model servers. Raises EvalError/CacheError."""
+             timeout: float = RESPONSE_TIMEOUT, gate=None) -> dict | None:
+    """Score a checkpoint through two model servers. Raises EvalError/CacheError.
+
+    ``gate``, when given, is called once both servers are starting: scoring begins only
+    if it returns True (the engine starts the scorer while training runs, so that the
+    servers' start-up is hidden, and says "go" once there is a checkpoint); else None.
+    """
     t0 = time.monotonic()
     argv = server_cmd or default_server_cmd(train, checkpoint)
 
@@ -829,6 +834,10 @@ def evaluate(train: Path, checkpoint: Path, server_cmd: list[str] | None = None,
         manifest, manifest_sha = _read_manifest(root)
         _read_artifact(root, manifest, "train.bin")  # a run that touched train.bin is refused too
         val = np.frombuffer(_read_artifact(root, manifest, "val.bin"), dtype=np.uint8)
+        if gate is not None:
+            if not gate():
+                return None
+            t0 = time.monotonic()  # the time spent waiting for the checkpoint is not scoring time
         context, num_params = scoring.start()
         if context < 2:
             raise EvalError(f"model.seq_len must be at least 2, not {context}")
@@ -909,11 +918,11 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def evaluate_command(train_path: str, checkpoint: str, out: str, server_cmd: str | None = None,
-                     holdout: bool = False, timeout: float = RESPONSE_TIMEOUT) -> int:
+                     holdout: bool = False, timeout: float = RESPONSE_TIMEOUT, wait: bool = False) -> int:
     train_file, ckpt, out_path = Path(train_path), Path(checkpoint), Path(out)
     if not train_file.is_file():
         raise UsageError(f"--train {train_path}: no such file")
-    if not ckpt.is_file():
+    if not wait and not ckpt.is_file():
         raise UsageError(f"--checkpoint {checkpoint}: no such file")
     argv = None
     if server_cmd is not None:
@@ -925,11 +934,21 @@ def evaluate_command(train_path: str, checkpoint: str, out: str, server_cmd: str
             raise UsageError("--server-cmd must be a JSON list of strings (the server's argv)")
     if not timeout > 0:
         raise UsageError(f"--timeout must be positive, not {timeout}")
+    def go() -> bool:
+        """--wait: one line on stdin; "go" means the checkpoint is there now."""
+        if sys.stdin.readline().strip() != "go":
+            return False
+        if not ckpt.is_file():
+            raise UsageError(f"--checkpoint {checkpoint}: no such file")
+        return True
+
     try:
-        result = evaluate(train_file, ckpt, argv, holdout, timeout)
+        result = evaluate(train_file, ckpt, argv, holdout, timeout, gate=go if wait else None)
     except (CacheError, EvalError):
         out_path.unlink(missing_ok=True)  # whatever a server may have put there is no score
         raise
+    if result is None:
+        return 0  # told not to score (the training failed): nothing is written
     _write_atomically(out_path, json.dumps(result, indent=2) + "\n")
     print(f"val_bpb: {result['val_bpb']:.6f}", flush=True)
     if holdout:
@@ -1033,12 +1052,15 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--checkpoint", required=True)
             p.add_argument("--out", required=True, help="where to write eval.json")
             p.add_argument("--holdout", action="store_true", help="also score the holdout slice")
+            p.add_argument("--wait", action="store_true",
+                           help="start the model servers now, score after a line 'go' on stdin (the engine's warm start)")
             p.add_argument("--server-cmd", metavar="JSON",
                            help="the model server's argv as a JSON list (default: this prepare.py serve-model)")
             p.add_argument("--timeout", type=float, default=RESPONSE_TIMEOUT,
                            help=f"seconds to wait for any one answer of a server (default {RESPONSE_TIMEOUT:g})")
             args = p.parse_args(argv[1:])
-            return evaluate_command(args.train, args.checkpoint, args.out, args.server_cmd, args.holdout, args.timeout)
+            return evaluate_command(args.train, args.checkpoint, args.out, args.server_cmd, args.holdout, args.timeout,
+                                    args.wait)
         if argv and argv[0] == "serve-model":
             p = argparse.ArgumentParser(prog="prepare.py serve-model",
                                         description="answer the scorer's windows with logits (untrusted)")

@@ -1,28 +1,32 @@
-"""Duty cycle of a real run: training seconds / wall seconds, and where the rest goes.
+"""Duty cycle of a real run: how much of the wall time the accelerator spends training.
 
 Runs the real train.py and prepare.py of this repository (copied into a scratch git
-repository, so this checkout is never touched) with the heuristic agent for N
-experiments at the given budget, then prints per experiment:
+repository, so this checkout is never touched) for N experiments at the given budget,
+and prints:
 
-    training  training_seconds from train.py's summary (only counted steps)
-    wall      the experiment's wall time in the engine
-    startup   train.py process wall - training_seconds (interpreter, imports, data, model)
-    eval      the prepare.py evaluate process
-    git       scope check + commit, and the revert after the decision
-    agent     the agent's proposal
-    between   the gap until the next experiment started (journal, state, loop)
+    duty     counted training seconds (train.py's summary, every run of every
+             experiment, confirmation runs included) / wall seconds from the first
+             experiment's start to the last one's end
+    idle     the gaps between one training process's end and the next one's start
+             (evaluation, deciding, proposing when not pipelined, git, start-up):
+             median and max
+    per experiment: status, metric, its training processes and where the rest went
 
-and the overall ratio (target >= 0.90 at the 60 s CPU budget over 10 experiments).
-The data cache is $AUTORESEARCH_CACHE (default ~/.cache/autoresearch); building it
-the first time is not counted.
+Agents: the offline heuristic (default), or `--agent-delay S`: a command agent that
+sleeps S seconds, then adds a harmless comment to train.py (an A/A change: every
+experiment trains). `--compare` runs the delayed agent twice, sequential
+(pipeline = false) then pipelined, and prints the two side by side. Targets on the
+2-core CPU at 60 s: offline >= 0.95; 30 s agent delay: pipelined >= 0.93 against about
+0.6 sequential; median idle <= 1 s when the agent is faster than training.
 
-    python bench/duty_cycle.py [--budget 60] [--experiments 10] [--seed 0] [--keep DIR]
+    python bench/duty_cycle.py [--budget 60] [--experiments 10] [--agent-delay S] [--compare]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,11 +36,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.agents.heuristic import HeuristicAgent  # noqa: E402
+from engine.agents import make_agent  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.loop import Engine  # noqa: E402
 
 FILES = ("train.py", "prepare.py", "program.md")
+
+DELAY_AGENT = """#!/bin/sh
+sleep {delay}
+echo "# A/A change $(date +%s%N)" >> train.py
+echo "HYPOTHESIS: a comment changes nothing; this measures the loop, not an idea"
+echo "DESCRIPTION: add a comment"
+"""
 
 
 def scratch_repo(path: Path) -> Path:
@@ -55,71 +66,74 @@ def scratch_repo(path: Path) -> Path:
     return path
 
 
+def run_once(base: Path, name: str, args: argparse.Namespace, delay: float | None, pipeline: bool) -> dict:
+    repo = scratch_repo(base / name)
+    overrides = {"loop.budget_seconds": args.budget, "loop.max_experiments": args.experiments,
+                 "loop.baseline_runs": args.baseline_runs, "loop.seed": args.seed, "loop.pipeline": pipeline}
+    if delay is not None:
+        script = base / f"{name}-agent.sh"
+        script.write_text(DELAY_AGENT.format(delay=delay))
+        script.chmod(0o755)
+        overrides.update({"agent.name": "command", "agent.command": str(script), "loop.sandbox": "auto"})
+    config = load_config(repo, overrides)
+    engine = Engine(repo, "duty", config, make_agent(config), out=lambda line: print(f"[{name}] {line}", flush=True))
+    if engine.run() != 0:
+        raise SystemExit(f"duty_cycle: the engine failed: {engine.error}")
+    return summarize(engine.rd.read_results())
+
+
+def summarize(results: list) -> dict:
+    spans = sorted(span for r in results for span in r.train_spans)
+    training = sum((r.train_seconds or 0.0) * max(1, len(r.train_spans)) for r in results if r.train_spans)
+    wall = max(r.ended_at for r in results) - min(r.started_at for r in results)
+    gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+    rows = []
+    for r in results:
+        t = r.timings
+        rows.append(f"{r.n:>3} {r.status:<9} {(f'{r.metric:.4f}' if r.scored else '-'):>8} "
+                    f"{len(r.train_spans):>4} {r.train_seconds or 0:8.1f} {r.wall_seconds or 0:7.1f} "
+                    f"{t.get('eval', 0):6.1f} {t.get('agent', 0):6.1f} "
+                    f"{t.get('check_commit', 0) + t.get('decide_revert', 0):6.2f}  {r.description[:50]}")
+    return {"duty": training / wall if wall else 0.0, "training": training, "wall": wall,
+            "gap_median": statistics.median(gaps) if gaps else 0.0, "gap_max": max(gaps, default=0.0),
+            "experiments": len(results), "runs": len(spans), "rows": rows}
+
+
+def report(name: str, summary: dict) -> None:
+    print(f"\n{name}: {summary['experiments']} experiments, {summary['runs']} training runs")
+    print(f"{'#':>3} {'status':<9} {'val_bpb':>8} {'runs':>4} {'training':>8} {'wall':>7} {'eval':>6} "
+          f"{'agent':>6} {'git':>6}  description")
+    print("\n".join(summary["rows"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--experiments", type=int, default=10, help="including the baseline runs")
     parser.add_argument("--baseline-runs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", metavar="DIR", help="build the scratch repository here and keep it")
+    parser.add_argument("--agent-delay", type=float, metavar="S", help="a command agent that thinks S seconds")
+    parser.add_argument("--compare", action="store_true", help="sequential and pipelined, side by side")
+    parser.add_argument("--keep", metavar="DIR", help="build the scratch repositories here and keep them")
     args = parser.parse_args()
+    if args.compare and args.agent_delay is None:
+        parser.error("--compare needs --agent-delay")
 
-    tmp = None
-    if args.keep:
-        base = Path(args.keep).resolve()
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="ar-duty-")
+    base = Path(args.keep).resolve() if args.keep else Path(tmp.name)
+    if args.compare:
+        runs = [("sequential", run_once(base, "sequential", args, args.agent_delay, False)),
+                ("pipelined", run_once(base, "pipelined", args, args.agent_delay, True))]
     else:
-        tmp = tempfile.TemporaryDirectory(prefix="ar-duty-")
-        base = Path(tmp.name)
-    repo = scratch_repo(base / "repo")
-    config = load_config(repo, {"loop.budget_seconds": args.budget, "loop.max_experiments": args.experiments,
-                                "loop.baseline_runs": args.baseline_runs, "loop.seed": args.seed})
-    engine = Engine(repo, "duty", config, HeuristicAgent(seed=args.seed),
-                    out=lambda line: print(line, flush=True))
-    t0 = time.monotonic()
-    rc = engine.run()
-    total = time.monotonic() - t0
-    results = engine.rd.read_results()
-    print()
-    if rc != 0 or not results:
-        print(f"engine failed: {engine.error}")
-        return 1
-
-    header = (f"{'#':>3} {'status':<9} {'val_bpb':>8} {'training':>8} {'wall':>7} {'ratio':>6} "
-              f"{'startup':>7} {'eval':>6} {'git':>6} {'agent':>6} {'between':>7}  description")
-    print(header)
-    sums = dict(training=0.0, wall=0.0, startup=0.0, eval=0.0, git=0.0, agent=0.0, between=0.0)
-    for i, r in enumerate(results):
-        t = r.get("timings") or {}
-        training = r.get("train_seconds") or 0.0
-        wall = r.get("wall_seconds") or 0.0
-        startup = max(0.0, t.get("train", 0.0) - training)
-        git_s = t.get("check_commit", 0.0) + t.get("decide_revert", 0.0)
-        nxt = results[i + 1]["started_at"] if i + 1 < len(results) else None
-        between = (nxt - r["ended_at"]) if nxt and r.get("ended_at") else 0.0
-        row = dict(training=training, wall=wall + between, startup=startup, eval=t.get("eval", 0.0), git=git_s,
-                   agent=t.get("agent", 0.0), between=between)
-        for k in sums:
-            sums[k] += row[k]
-        metric = f"{r['metric']:.4f}" if isinstance(r.get("metric"), float) else "-"
-        ratio = training / row["wall"] if row["wall"] else 0.0
-        print(f"{r['n']:>3} {r['status']:<9} {metric:>8} {training:8.1f} {row['wall']:7.1f} {ratio:6.3f} "
-              f"{startup:7.1f} {row['eval']:6.1f} {git_s:6.2f} {row['agent']:6.2f} {between:7.2f}  "
-              f"{r.get('description', '')[:60]}")
-    print()
-    overall = sums["training"] / sums["wall"] if sums["wall"] else 0.0
-    print(f"overall: training {sums['training']:.1f} s / wall {sums['wall']:.1f} s = {overall:.3f} "
-          f"(target >= 0.90: {'met' if overall >= 0.90 else 'NOT met'}); engine wall incl. start-up {total:.1f} s")
-    rest = sums["wall"] - sums["training"]
-    if rest > 0:
-        other = rest - sums["startup"] - sums["eval"] - sums["git"] - sums["agent"] - sums["between"]
-        parts = [("train.py start-up", sums["startup"]), ("evaluation", sums["eval"]), ("git", sums["git"]),
-                 ("agent", sums["agent"]), ("between experiments", sums["between"]), ("other engine work", other)]
-        print("where the rest goes: " + ", ".join(f"{name} {v:.1f} s ({100 * v / rest:.0f}%)" for name, v in parts))
-    keeps = [r for r in results if r["status"] == "keep"]
-    base = engine.baseline_info or {}
-    print(f"baseline val_bpb {base.get('metric', float('nan')):.4f} +- {base.get('noise', float('nan')):.4f}; "
-          f"keeps: {len(keeps)}" + "".join(f"\n  #{r['n']:04d} {r['description']}: {r['metric']:.4f} "
-                                          f"(delta {r['delta']:+.4f}, needed < -{r['threshold']:.4f})" for r in keeps))
+        label = f"agent delay {args.agent_delay:g} s" if args.agent_delay is not None else "offline heuristic"
+        runs = [(label, run_once(base, "run", args, args.agent_delay, args.agent_delay is not None))]
+    for name, summary in runs:
+        report(name, summary)
+    print(f"\nbudget {args.budget:g} s, {args.experiments} experiments each")
+    print(f"{'':<20} {'duty':>6} {'training s':>10} {'wall s':>8} {'idle median':>11} {'idle max':>8}")
+    for name, s in runs:
+        print(f"{name:<20} {s['duty']:6.3f} {s['training']:10.1f} {s['wall']:8.1f} {s['gap_median']:11.2f} "
+              f"{s['gap_max']:8.2f}")
     if tmp is not None:
         tmp.cleanup()
     return 0

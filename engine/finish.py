@@ -105,6 +105,7 @@ def _fill_measurements(draft: Result, outcomes: list[Outcome], scored: list[Outc
     """What the runs measured: the metric is the mean of the scored runs."""
     first = outcomes[0]
     draft.error = first.error if first.status != "ok" else None
+    draft.train_spans = [o.span for o in outcomes if o.span]
     draft.summary = (scored[-1] if scored else first).summary
     if first.log_tail:
         draft.log_tail = first.log_tail

@@ -107,6 +107,7 @@ class Result:
     num_steps: int | None = None
     load_avg: float | None = None  # the machine's 1-minute load average when it started
     rebased: bool = False  # a pipelined proposal applied on a best that moved while it was written
+    train_spans: list[list[float]] = field(default_factory=list)  # [start, end] (unix s) of each training process
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @property
@@ -171,6 +172,9 @@ class Result:
             num_steps=d.get("num_steps") if isinstance(d.get("num_steps"), int) else None,
             load_avg=_opt_float(d.get("load_avg")),
             rebased=d.get("rebased") is True,
+            train_spans=[[float(a), float(b)] for a, b in (x for x in d.get("train_spans") or []
+                                                             if isinstance(x, list) and len(x) == 2
+                                                             and is_number(x[0]) and is_number(x[1]))],
             extra={k: v for k, v in d.items() if k not in known},
         )
 

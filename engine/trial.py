@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +30,14 @@ from . import rundir, sandbox
 from .decide import classify_failure, parse_float
 from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import METRIC, is_number
-from .runner import ProcessResult, minimal_env, spawn, supervise
+from .runner import ProcessResult, minimal_env, spawn, supervise, terminate_group
 from .session import Session
 from .untrusted import strip_control
 from .warm import take_slot, warm_next
 
 EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+SCORER_LEAD = 10.0  # seconds before a training's budget is up that its scorer starts
 STOP_SIGNAL_WAIT = 1.0
 
 
@@ -50,6 +53,7 @@ class Outcome:
     summary: dict[str, str] = field(default_factory=dict)
     log_tail: list[str] | None = None
     holdout: float | None = None  # holdout_bpb, when the run was scored on the holdout slice too
+    span: list[float] | None = None  # [start, end] of its training process, unix seconds
     tokens_per_sec: float | None = None
     num_steps: int | None = None
 
@@ -93,19 +97,76 @@ def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str,
     if run > 1:
         with open(exp_dir / "run.log", "ab") as f:
             f.write(f"\n=== autoresearch: confirmation run {run} ===\n".encode())
-    src = exp_dir / "src"
+    hide = hidden_paths()
+    slot = take_slot(s, hide)
+    scorer = Scorer(s, slot, exp_dir, hide, holdout)
     try:
-        return _train_and_score(s, commit, exp_dir, timings, holdout, run)
+        return _train_and_score(s, slot, scorer, commit, exp_dir, timings, run, hide)
     finally:
-        shutil.rmtree(src, ignore_errors=True)
+        scorer.cancel()
+        slot.hand_over(exp_dir)
+        shutil.rmtree(exp_dir / "src", ignore_errors=True)
 
 
-def _supervise(s: Session, proc, log: Path, limit: float) -> ProcessResult:
+class Scorer:
+    """The trusted scorer of one run (the run directory's copy of prepare.py), outside the
+    sandbox; the model servers it starts run train.py's code inside it.
+
+    It is started ``SCORER_LEAD`` seconds before the training's budget is up, with --wait:
+    the servers import torch while the last steps train, and it scores once told "go".
+    """
+
+    def __init__(self, s: Session, slot, exp_dir: Path, hide: list[str], holdout: bool):
+        self.s = s
+        jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": slot.src, "/scratch": slot.scratch}, hide=hide))
+        env = minimal_env({"AUTORESEARCH_CACHE": "/nonexistent", "HOME": "/tmp", "TMPDIR": "/tmp"})
+        server = jail.launch(
+            [jail.python, "-I", "-B", jail.path("/work/prepare.py"), "serve-model",
+             "--train", jail.path("/work/train.py"), "--checkpoint", jail.path("/scratch/checkpoint.pt")],
+            env=env, cwd="/work")
+        self.out = exp_dir / "eval.json"
+        self.argv = [s.python, "-I", "-B", str(s.rd.scorer), "evaluate", "--train", str(slot.src / "train.py"),
+                     "--checkpoint", str(slot.scratch / "checkpoint.pt"), "--out", str(self.out),
+                     "--server-cmd", json.dumps(server.argv), "--wait", *(["--holdout"] if holdout else [])]
+        self.cwd = exp_dir
+        self.proc = None
+
+    def start(self) -> None:
+        if self.proc is None:
+            self.proc = spawn(self.argv, cwd=self.cwd, env=child_env(self.s, {}), stdin=subprocess.PIPE)
+
+    def go(self):
+        self.start()
+        self._say(b"go\n")
+        return self.proc
+
+    def cancel(self) -> None:
+        """No score after all (the training failed, or it is over): it exits without one."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self._say(b"no\n")
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            terminate_group(self.proc, self.s.kill_grace)
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def _say(self, line: bytes) -> None:
+        try:
+            self.proc.stdin.write(line)
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+
+
+def _supervise(s: Session, proc, log: Path, limit: float, tick=None) -> ProcessResult:
     """Watch a started child under the run's limits. Its process group is in state.json
     while it runs, so a restarted engine can reap what a killed one left behind."""
     s.journal.update_state(train_pgid=proc.pid)
     result = supervise(proc, log_path=log, timeout=limit, hang_seconds=s.config.loop.hang_seconds,
-                       tick=s.tick, should_kill=s.should_kill, grace=s.kill_grace)
+                       tick=tick or s.tick, should_kill=s.should_kill, grace=s.kill_grace)
     s.journal.update_state(train_pgid=None)
     if result.reason == "exited" and result.killed_by_signal in STOP_SIGNALS:
         # A whole-job stop (systemd, SLURM, a kill of the process group) signals the child
@@ -117,16 +178,22 @@ def _supervise(s: Session, proc, log: Path, limit: float) -> ProcessResult:
     return result
 
 
-def _train_and_score(s: Session, commit: str, exp_dir: Path, timings: dict[str, float],
-                     holdout: bool, run: int) -> Outcome:
+def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Path, timings: dict[str, float],
+                     run: int, hide: list[str]) -> Outcome:
     log = exp_dir / "run.log"
-    hide = hidden_paths()
-    slot = take_slot(s, hide)
     s.set_phase("running" if run == 1 else "confirming")
     limit = training_limit(s)
-    trained = _supervise(s, slot.release(s, commit), log, limit)  # the budget's clock starts at the release
+    proc = slot.release(s, commit)
+    started, released = time.time(), time.monotonic()
+
+    def tick() -> None:
+        s.tick()
+        if time.monotonic() - released >= s.budget - SCORER_LEAD:
+            scorer.start()  # hide the model servers' start-up behind the last steps
+
+    trained = _supervise(s, proc, log, limit, tick)  # the budget's clock starts at the release
+    span = [round(started, 3), round(time.time(), 3)]
     trained.returncode = slot.launch.returncode(trained.returncode)
-    src, scratch = slot.hand_over(exp_dir)
     warm_next(s, hide)  # the next training process starts while this one is scored
     timings["train"] = round(timings.get("train", 0.0) + trained.wall_seconds, 3)
     # train.py's output is untrusted text: what of it is kept in the journal is cleaned.
@@ -136,13 +203,13 @@ def _train_and_score(s: Session, commit: str, exp_dir: Path, timings: dict[str, 
     base = dict(train_seconds=parse_float(summary.get("training_seconds")),
                 peak_mem_mb=parse_float(summary.get("peak_mem_mb")), summary=summary,
                 tokens_per_sec=parse_float(summary.get("tokens_per_sec")),
-                num_steps=int(steps) if steps is not None else None)
+                num_steps=int(steps) if steps is not None else None, span=span)
     failure = classify_failure(trained)
     if failure == "killed":
         return Outcome(s.killed_status(), error=s.killed_reason(), **base)
     if failure:
         return Outcome(failure, error=failure_message(s, failure, trained, limit), log_tail=trained.tail[-30:], **base)
-    ckpt = scratch / "checkpoint.pt"
+    ckpt = slot.scratch / "checkpoint.pt"
     if ckpt.is_symlink() or not ckpt.is_file():
         return Outcome("crash", error="train.py exited 0 but wrote no checkpoint file to $AUTORESEARCH_CHECKPOINT",
                        log_tail=trained.tail[-30:], **base)
@@ -158,17 +225,7 @@ def _train_and_score(s: Session, commit: str, exp_dir: Path, timings: dict[str, 
         s.set_phase("evaluating")
     with open(log, "ab") as f:
         f.write(f"\n{EVAL_MARKER}\n".encode())
-    server_jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": src, "/scratch": scratch}, hide=hide))
-    server_env = minimal_env({"AUTORESEARCH_CACHE": "/nonexistent", "HOME": "/tmp", "TMPDIR": "/tmp"})
-    server = server_jail.launch(
-        [server_jail.python, "-I", "-B", server_jail.path("/work/prepare.py"), "serve-model",
-         "--train", server_jail.path("/work/train.py"), "--checkpoint", server_jail.path("/scratch/checkpoint.pt")],
-        env=server_env, cwd="/work")
-    eval_json = exp_dir / "eval.json"
-    scorer = [s.python, "-I", "-B", str(s.rd.scorer), "evaluate", "--train", str(src / "train.py"),
-              "--checkpoint", str(ckpt), "--out", str(eval_json), "--server-cmd", json.dumps(server.argv),
-              *(["--holdout"] if holdout else [])]
-    ev = _supervise(s, spawn(scorer, cwd=exp_dir, env=child_env(s, {})), log, s.timeout)
+    ev = _supervise(s, scorer.go(), log, s.timeout)
     ev.tail = [strip_control(line)[:500] for line in ev.tail]  # a model server's output is untrusted too
     ev.fail_line = strip_control(ev.fail_line) if ev.fail_line else None
     timings["eval"] = round(timings.get("eval", 0.0) + ev.wall_seconds, 3)
@@ -179,7 +236,7 @@ def _train_and_score(s: Session, commit: str, exp_dir: Path, timings: dict[str, 
         status = failure if failure in ("oom", "timeout", "hang") else "crash"
         why = ev.fail_line or failure_message(s, failure, ev, s.timeout)
         return Outcome(status, error=f"evaluation failed: {why}", log_tail=ev.tail[-30:], **base)
-    data = rundir.read_json(eval_json)
+    data = rundir.read_json(scorer.out)
     value = data.get(METRIC) if isinstance(data, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_number(value):
         return Outcome("nan", error=f"{METRIC} is {value}", **base)

@@ -68,6 +68,7 @@ class Slot:
         })
         stub = WARM_STUB.replace("MODULES", repr(list(s.config.loop.warm_imports)))
         self.launch = jail.launch([jail.python, "-c", stub], env=env, cwd="/work")
+        self.hide = hide
         self.proc = spawn(self.launch.argv, cwd=Path(self.launch.cwd), env=self.launch.env, stdin=subprocess.PIPE)
         self.kill_grace = s.kill_grace
 
@@ -109,8 +110,9 @@ class Slot:
             shutil.rmtree(path, ignore_errors=True)
         for sub in ("tmp", "home"):
             shutil.rmtree(self.scratch / sub, ignore_errors=True)
-        os.replace(self.src, src)
-        os.replace(self.scratch, scratch)
+        for mine, theirs in ((self.src, src), (self.scratch, scratch)):
+            if mine.is_dir():
+                os.replace(mine, theirs)
         shutil.rmtree(self.root, ignore_errors=True)
         return src, scratch
 

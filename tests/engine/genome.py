@@ -105,7 +105,9 @@ from pathlib import Path
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "evaluate":
         holdout = "--holdout" in sys.argv
-        rest = [a for a in sys.argv[2:] if a != "--holdout"]
+        if "--wait" in sys.argv and sys.stdin.readline().strip() != "go":
+            return  # the engine started it early and then did not need it
+        rest = [a for a in sys.argv[2:] if a not in ("--holdout", "--wait")]
         args = dict(zip(rest[0::2], rest[1::2]))
         data = json.load(open(args["--checkpoint"]))
         print("evaluating", flush=True)
