@@ -1,6 +1,7 @@
 """val_bpb over the experiments: a one-line sparkline and a plot.
 
-The plot marks kept experiments, draws the running best as a step line and the
+The plot shows every measurement as a dot, kept experiments at the mean of their runs,
+re-measures of the best as their own marker, the running best as a step line and the
 baseline as a reference line. It is rebuilt only when a result arrives.
 """
 
@@ -23,7 +24,10 @@ SPARK_WIDTH = 40
 SPARK_STYLE = "$primary"  # every value (low is good)
 BEST_STYLE = "bold $success"  # green is for kept experiments
 # The plot's series: theme variable, and how far it is faded toward the background.
-PLOT_COLOURS = {"all": ("foreground", 0.5), "kept": ("success", 0.0), "best": ("primary", 0.0), "baseline": ("accent", 0.0)}
+PLOT_COLOURS = {"all": ("foreground", 0.5), "kept": ("success", 0.0), "best": ("primary", 0.0),
+                "baseline": ("accent", 0.0), "re-measure": ("secondary", 0.0)}
+KEPT_MARKER = "●"  # a kept change (or a baseline run), at the mean of its runs
+REMEASURE_MARKER = "◆"  # the best measured again, unchanged (the drift guard)
 # The plot's canvas, axes and tick labels: no colour of their own, so the plot lies on
 # the pane's background and its labels are in the pane's text colour, in every theme
 # (a terminal theme's "default" colours included).
@@ -31,14 +35,18 @@ PLOT_FRAME_THEME = "textual-clear"
 
 
 def series(results: list[Result]) -> dict[str, list]:
-    """Split results into the plotted series: every scored run, kept ones, running best.
+    """Split results into the plotted series.
 
-    The running best is the engine's own (``engine.results.running_best``, the rule of
-    ``Standing``), so chart and header agree: the mean of the baseline runs, then the
-    metric of each kept (or force-kept) change. It is drawn as a step line with a point
-    at each scored run.
+    - ``x``/``y``: one value per scored result, its metric (the mean of its runs): the sparkline;
+    - ``runs_x``/``runs_y``: every single measurement (a confirmed change has several), but
+      not the re-measures of the best, which are their own series (``re_x``/``re_y``);
+    - ``keep_x``/``keep_y``: kept changes and baseline runs, at their mean;
+    - ``best_x``/``best_y``: the running best, the engine's own
+      (``engine.results.running_best``, the rule of ``Standing``), so chart and header
+      agree: the mean of the baseline runs, then of each kept (or force-kept) change's
+      measurements, re-measures included. A step line with a point at each scored run.
     """
-    xs, ys, keep_x, keep_y, best_x, best_y = [], [], [], [], [], []
+    xs, ys, run_x, run_y, keep_x, keep_y, re_x, re_y, best_x, best_y = ([] for _ in range(10))
     last: float | None = None
     for r, (n, best) in zip(results, running_best(results)):
         if not r.scored:
@@ -46,9 +54,16 @@ def series(results: list[Result]) -> dict[str, list]:
         metric = float(r.metric)  # type: ignore[arg-type]
         xs.append(n)
         ys.append(metric)
-        if r.status in ("keep", "baseline"):
-            keep_x.append(n)
-            keep_y.append(metric)
+        if r.remeasure:
+            re_x.append(n)
+            re_y.append(metric)
+        else:
+            for value in r.measurements:
+                run_x.append(n)
+                run_y.append(value)
+            if r.status in ("keep", "baseline"):
+                keep_x.append(n)
+                keep_y.append(metric)
         if best is None:
             continue
         if last is not None and best != last:  # a vertical move at n: a step, not a slope
@@ -57,7 +72,8 @@ def series(results: list[Result]) -> dict[str, list]:
         best_x.append(n)
         best_y.append(best)
         last = best
-    return {"x": xs, "y": ys, "keep_x": keep_x, "keep_y": keep_y, "best_x": best_x, "best_y": best_y}
+    return {"x": xs, "y": ys, "runs_x": run_x, "runs_y": run_y, "keep_x": keep_x, "keep_y": keep_y,
+            "re_x": re_x, "re_y": re_y, "best_x": best_x, "best_y": best_y}
 
 
 def plot_colour(variables: dict[str, str], name: str, fade: float = 0.0) -> Any:
@@ -148,8 +164,10 @@ class ChartPane(Vertical):
         if s["x"]:
             variables = self.app.theme_variables
             colour = {series: plot_colour(variables, *spec) for series, spec in PLOT_COLOURS.items()}
-            plt.scatter(s["x"], s["y"], marker="dot", color=colour["all"], label="all")
-            plt.scatter(s["keep_x"], s["keep_y"], marker="●", color=colour["kept"], label="kept")
+            plt.scatter(s["runs_x"], s["runs_y"], marker="dot", color=colour["all"], label="runs")
+            plt.scatter(s["keep_x"], s["keep_y"], marker=KEPT_MARKER, color=colour["kept"], label="kept")
+            if s["re_x"]:
+                plt.scatter(s["re_x"], s["re_y"], marker=REMEASURE_MARKER, color=colour["re-measure"], label="re-measure")
             if s["best_x"]:
                 plt.plot(s["best_x"], s["best_y"], color=colour["best"], label="best")
             if baseline is not None:

@@ -26,6 +26,7 @@ from engine.rundir import RunDir, read_json
 from tui import fmt
 from tui.diff_pane import diff_renderable
 from tui.keybar import KeyBar
+from tui.marks import Mark
 from tui.rundata import decode_log_lines, read_small
 from tui.themes import on_theme_change, theme_style
 
@@ -69,16 +70,36 @@ def load_experiment(run: RunDir, n: int) -> ExperimentFiles:
     return files
 
 
-def metrics_table(record: Result, run: RunDir, style: Callable[[str], Style]) -> Table:
+def metrics_table(record: Result, run: RunDir, style: Callable[[str], Style], marks: tuple[Mark, ...] = ()) -> Table:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="dim", no_wrap=True)
     t.add_column()
     label = record.status + (" (forced keep)" if record.forced else "")
+    if record.remeasure:
+        label = "baseline (a re-measure of the best, to catch drift)"
     t.add_row("status", Text(label, style=style(fmt.STATUS_STYLE.get(record.status, ""))))
-    t.add_row(record.metric_name, fmt.metric(record.metric, 6))
+    for mark in marks:
+        t.add_row(Text(f"{mark.code} {mark.label}", style=style("bold $warning")), Text(mark.why))
+    metric = fmt.metric(record.metric, 6)
+    if len(record.runs) > 1:
+        metric += f"  (mean of {len(record.runs)} runs)"
+    t.add_row(record.metric_name, metric)
+    if len(record.runs) > 1:
+        t.add_row("runs", ", ".join(fmt.metric(x, 6) for x in record.runs))
+    if record.holdout is not None:
+        t.add_row("holdout", fmt.metric(record.holdout, 6))
     t.add_row("delta vs best before", fmt.delta(record.delta, 6))
+    if record.threshold is not None:
+        t.add_row("needed", f"< -{record.threshold:.6f}")
     if record.noise is not None:
-        t.add_row("noise", fmt.metric(record.noise, 6))
+        dof = f"  ({record.noise_dof} degrees of freedom)" if record.noise_dof is not None else ""
+        t.add_row("noise", fmt.metric(record.noise, 6) + dof)
+    if record.tokens_per_sec is not None:
+        t.add_row("tokens/s", f"{record.tokens_per_sec:,.0f}")
+    if record.num_steps is not None:
+        t.add_row("steps", f"{record.num_steps:,}")
+    if record.load_avg is not None:
+        t.add_row("load average", f"{record.load_avg:.2f} when it started")
     t.add_row("description", fmt.one_line(record.description))
     t.add_row("commit", record.commit or "—")
     t.add_row("parent", record.parent or "—")
@@ -123,14 +144,16 @@ class ExperimentScreen(Screen):
     ExperimentScreen #detail-head { height: 1; padding: 0 1; background: $panel; }
     ExperimentScreen TabbedContent { height: 1fr; }
     ExperimentScreen TabPane { padding: 0 1; }
-    ExperimentScreen #diff-detail, ExperimentScreen #summary-metrics { width: auto; }
+    ExperimentScreen #diff-detail { width: auto; }
+    ExperimentScreen #summary-metrics { width: 100%; }
     ExperimentScreen Log { height: 1fr; }
     """
 
-    def __init__(self, run: RunDir, record: Result):
+    def __init__(self, run: RunDir, record: Result, marks: tuple[Mark, ...] = ()):
         super().__init__()
         self.run = run
         self.record = record
+        self.marks = marks
         self.loaded: ExperimentFiles | None = None
 
     def compose(self) -> ComposeResult:
@@ -162,10 +185,12 @@ class ExperimentScreen(Screen):
         r = self.record
         head = Text()
         head.append(f"Experiment #{r.n}  ", style="bold")
-        head.append(r.status, style=style(fmt.STATUS_STYLE.get(r.status, "")))
+        head.append("re-measure" if r.remeasure else r.status, style=style(fmt.STATUS_STYLE.get(r.status, "")))
+        if self.marks:
+            head.append(f" {''.join(m.code for m in self.marks)}", style=style("bold $warning"))
         head.append(f"  {r.metric_name} {fmt.metric(r.metric)}  {fmt.one_line(r.description)}")
         self.query_one("#detail-head", Static).update(head)
-        self.query_one("#summary-metrics", Static).update(metrics_table(r, self.run, style))
+        self.query_one("#summary-metrics", Static).update(metrics_table(r, self.run, style, self.marks))
         if self.loaded is not None:
             diff = self.loaded.diff
             self.query_one("#diff-detail", Static).update(diff_renderable(diff, style) if diff else Text("(no diff.patch)", style="dim"))

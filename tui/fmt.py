@@ -48,6 +48,22 @@ def duration(seconds: Any) -> str:
     return f"{h}h{m:02d}m"
 
 
+def coarse_duration(seconds: float) -> str:
+    """A duration that changes at most once a minute: "<1m", "5m", "2h05m"."""
+    if seconds < 60:
+        return "<1m"
+    m = int(seconds // 60)
+    return f"{m}m" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
+def noise(n: Any) -> str:
+    """The pooled run-to-run noise as the header shows it: "noise ±0.0042 (6 runs)", or
+    "noise: prior" while no commit has been measured twice (the engine uses its prior)."""
+    if n is None or not n.dof:
+        return "noise: prior"
+    return f"noise ±{n.sigma:.4f} ({n.runs} runs)"
+
+
 def ago(ts: float | None, now: float) -> str:
     if ts is None:
         return "never"

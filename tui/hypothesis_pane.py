@@ -21,6 +21,8 @@ from tui.model import RunView
 from tui.themes import on_theme_change, theme_style
 
 BAR_WIDTH = 24
+# Phases in which nothing moves until a person or the engine acts: their clock is coarse.
+IDLE_PHASES = ("paused", "error")
 
 
 def budget_bar(elapsed: float, budget: float, style: Callable[[str], Style], width: int = BAR_WIDTH) -> Text:
@@ -42,7 +44,8 @@ class HypothesisPane(Widget):
         self.desc = Text()
         self.hyp = ""
         self.streaming = False
-        self.score: tuple[Text, ...] = ()  # the best, the counts, the agent: laid out in render()
+        self.runs = Text()  # the measurements of a candidate so far (empty when there are none)
+        self.score: tuple[Text, ...] = ()  # the best, the noise, the counts, the agent: laid out in render()
         self._key: tuple | None = None
         self._shown: tuple[RunView, float] | None = None
         on_theme_change(self, self._restyle)
@@ -60,13 +63,14 @@ class HypothesisPane(Widget):
         desc = view.description()
         hyp = view.hypothesis()
         streaming = bool(hyp) and n is not None and n not in view.proposals and not view.state.hypothesis
+        runs = self._runs(view)
         score = self._score(view)
-        key = (n, head.plain, desc, hyp, streaming, tuple(t.plain for t in score))
+        key = (n, head.plain, desc, hyp, streaming, runs.plain, tuple(t.plain for t in score))
         if key == self._key:
             return  # nothing new: no repaint (a slow SSH link pays for every one)
         self._key = key
         self.border_title = f"Experiment #{n:04d}" if n is not None else "Experiment"
-        self.head, self.hyp, self.streaming, self.score = head, hyp, streaming, score
+        self.head, self.hyp, self.streaming, self.score, self.runs = head, hyp, streaming, score, runs
         self.desc = Text(desc, style="bold") if desc else Text("(no description yet)", style="dim")
         self.refresh()
 
@@ -76,12 +80,13 @@ class HypothesisPane(Widget):
         width = max(1, self.content_region.width or self.size.width)
         height = max(1, self.content_region.height or self.size.height)
         console = self.app.console
-        head = self._fit(self.head, width)
-        desc = self._fit(self.desc, width)
+        top = [self._fit(self.head, width), self._fit(self.desc, width)]
+        if self.runs:
+            top.append(self._fit(self.runs, width))
         score_lines = [line for part in self._score_lines(width) for line in part.wrap(console, width)]
-        room = height - 2 - len(score_lines)
+        room = height - len(top) - len(score_lines)
         if room < 1:  # tiny: keep the head, the description and what fits of the scores
-            return Group(*([head, desc] + score_lines)[:height])
+            return Group(*(top + score_lines)[:height])
         if self.hyp:
             lines = list(Text(self.hyp).wrap(console, width))
         else:
@@ -92,18 +97,19 @@ class HypothesisPane(Widget):
             else:
                 lines = lines[: room - 1] + [Text("… (h, then Enter, shows it all)", style="dim")] if room > 1 else lines[:1]
         pad = [Text("")] * (room - len(lines))
-        return Group(head, desc, *lines, *pad, *score_lines)
+        return Group(*top, *lines, *pad, *score_lines)
 
     def _score_lines(self, width: int) -> list[Text]:
-        """The best on one line; the counts and the agent on the next when both fit,
-        else one line each (rather than a line broken in the middle of a name)."""
-        if not self.score:
-            return []
-        best, counts, agent = self.score
+        """The best, the noise, the counts and the agent, in that order, as many to a line
+        as fit (rather than a line broken in the middle of a name)."""
         gap = "   "
-        if counts.cell_len + len(gap) + agent.cell_len <= width:
-            return [best, Text.assemble(counts, gap, agent)]
-        return [best, counts, agent]
+        lines: list[Text] = []
+        for part in self.score:
+            if lines and lines[-1].cell_len + len(gap) + part.cell_len <= width:
+                lines[-1] = Text.assemble(lines[-1], gap, part)
+            else:
+                lines.append(part)
+        return lines
 
     @staticmethod
     def _fit(text: Text, width: int) -> Text:
@@ -119,16 +125,19 @@ class HypothesisPane(Widget):
         state = view.state
         style = partial(theme_style, self)
         line = Text()
-        line.append(f" {phase.upper()} ", style="reverse")
+        line.append(f" {view.phase_label().upper()} ", style="reverse")
         line.append("  ")
         since = state.phase_started_at
         budget = state.budget
-        if phase == "running" and since is not None and budget is not None:
+        if phase in ("running", "confirming") and since is not None and budget is not None:
             elapsed = max(0.0, now - since)
             line.append_text(budget_bar(elapsed, budget, style))
             line.append(f" {fmt.duration(elapsed)} / {fmt.duration(budget)}")
-            if elapsed > budget:
+            if elapsed > budget and phase == "running":  # a confirmation run is scored in its own phase
                 line.append("  over budget", style=style("$warning"))
+        elif since is not None and phase in IDLE_PHASES:
+            # Nothing moves: a coarse clock, so an idle screen is not repainted every second.
+            line.append(f"for {fmt.coarse_duration(max(0.0, now - since))}, since {fmt.clock(since)[:5]}", style="dim")
         elif since is not None and phase not in ("stopped",):
             line.append(f"for {fmt.duration(max(0.0, now - since))}", style="dim")
         if view.pause_requested and phase != "paused":
@@ -139,7 +148,26 @@ class HypothesisPane(Widget):
             line.append(f"  error: {fmt.one_line(state.error)}", style=style("$error"))
         return line
 
-    def _score(self, view: RunView) -> tuple[Text, Text, Text]:
+    def _runs(self, view: RunView) -> Text:
+        """A candidate's measurements so far, against the best: what its confirmation must uphold."""
+        runs = view.runs_so_far()
+        out = Text()
+        if not runs:
+            return out
+        style = partial(theme_style, self)
+        out.append("measured ", style="dim")
+        out.append(", ".join(fmt.metric(x) for x in runs), style="bold")
+        mean = sum(runs) / len(runs)
+        if len(runs) > 1:
+            out.append(f" (mean {fmt.metric(mean)})", style="dim")
+        best = view.best()
+        if best is not None:
+            gain = mean - best.metric
+            out.append(f"  {fmt.delta(gain)}", style=style("$success" if gain < 0 else ""))
+            out.append(f" vs best {fmt.metric(best.metric)}", style="dim")
+        return out
+
+    def _score(self, view: RunView) -> tuple[Text, Text, Text, Text]:
         best, base = view.best(), view.baseline()
         style = partial(theme_style, self)
         out = Text()
@@ -153,9 +181,8 @@ class HypothesisPane(Widget):
             out.append(f"  {fmt.delta(gain)} ({pct:+.2f}%)", style=style("$success" if gain < 0 else ""))
             out.append(" vs baseline ", style="dim")
             out.append(fmt.metric(base.metric))
-            if base.runs >= 2:  # one run has no spread to show
-                out.append(f" ±{base.noise:.4f}", style="dim")
-        counts = view.counts()  # grouped by the engine's rule (Standing.grouped_counts)
+        noise = Text(fmt.noise(view.noise()), style="dim")
+        counts = view.counts()  # grouped by the engine's rule (engine.results.grouped_counts)
         tally = Text()
         tally.append(f"keep {counts['keep']}", style=style("$success"))
         tally.append(" · ")
@@ -169,4 +196,4 @@ class HypothesisPane(Widget):
         agent.append("agent ", style="dim")
         agent.append(name if not model else f"{name} ({model})")
         agent.append(f"  ${view.cost():.2f}")
-        return out, tally, agent
+        return out, noise, tally, agent

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.results import IN_FLIGHT_PHASES, Baseline, Best, Result, Standing, State
+from engine.results import IN_FLIGHT_PHASES, Baseline, Best, Noise, Result, Standing, State, grouped_counts
+from tui.marks import Marks
 from tui.rundata import Batch
 
 # A live engine writes its heartbeat every few seconds; past this it looks stuck.
@@ -30,6 +31,7 @@ class RunView:
     results: list[Result] = field(default_factory=list)
     # The results folded by the engine's own rule, as they arrive (one add per result).
     standing: Standing = field(default_factory=Standing)
+    marks: Marks = field(default_factory=Marks)  # what deserves a second look, by experiment (tui/marks.py)
     alive: bool | None = None  # None until the first check
     log_n: int | None = None
     diff: str = ""
@@ -48,11 +50,12 @@ class RunView:
         if batch.results_reset:
             self.results = []
             self.standing = Standing()
+            self.marks = Marks()
             changed.add("results")
         if batch.results:
             self.results.extend(batch.results)
             for r in batch.results:
-                self.standing.add(r)
+                self.marks.add(r, self.standing)  # folds r into the standing as well
             changed.add("results")
         for ev in batch.events:
             changed |= self._apply_event(ev)
@@ -124,6 +127,18 @@ class RunView:
     def finished(self) -> bool:
         return self.phase == "stopped"
 
+    def phase_label(self) -> str:
+        """The phase in words: a confirmation run says which run it is ("confirming (run 2 of 2)")."""
+        phase = self.phase
+        if phase != "confirming":
+            return phase
+        run = len(self.state.runs) + 1
+        loop = (self.state.config or {}).get("loop")
+        total = loop.get("confirm_runs") if isinstance(loop, dict) else None
+        if isinstance(total, int) and not isinstance(total, bool) and total + 1 >= run:
+            return f"confirming (run {run} of {total + 1})"
+        return f"confirming (run {run})"
+
     def hypothesis(self) -> str:
         n = self.n
         if n is not None and n in self.proposals and self.proposals[n].get("hypothesis"):
@@ -140,12 +155,8 @@ class RunView:
 
     def counts(self) -> dict[str, int]:
         """keep / discard / failed / other, grouped by the engine's rule
-        (``Standing.grouped_counts``): from state.json's counts, else from the results."""
-        if self.state.counts:
-            standing = Standing()
-            standing.counts.update(self.state.counts)
-            return standing.grouped_counts()
-        return self.standing.grouped_counts()
+        (``engine.results.grouped_counts``): from state.json's counts, else from the results."""
+        return grouped_counts(self.state.counts or self.standing.counts)
 
     def best(self) -> Best | None:
         """The engine's best (state.json), else the results folded by the same rule."""
@@ -153,6 +164,14 @@ class RunView:
 
     def baseline(self) -> Baseline | None:
         return self.state.baseline or self.standing.baseline
+
+    def noise(self) -> Noise:
+        """The pooled noise: the engine's (state.json), else the results folded by its rule."""
+        return self.state.noise or self.standing.noise()
+
+    def runs_so_far(self) -> list[float]:
+        """Measurements of the experiment in flight (a candidate's runs before its confirmation)."""
+        return list(self.state.runs) if self.in_flight else []
 
     def agent(self) -> tuple[str, str | None]:
         agent = self.state.agent

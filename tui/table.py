@@ -37,6 +37,12 @@ class Column:
     cell: Callable[[Record], tuple[str, str]]  # record -> (text, style spec such as "bold $success")
     sort_key: Callable[[Record], Any]
     right: bool = False
+    hide_below: int = 0  # the column is left out of a table narrower than this
+
+
+def shown(columns: list[Column], total: int) -> list[Column]:
+    """The columns that fit a table ``total`` cells wide (the least useful go first)."""
+    return [c for c in columns if total >= c.hide_below]
 
 
 def fit(text: str, width: int, right: bool = False) -> str:
@@ -48,7 +54,8 @@ def fit(text: str, width: int, right: bool = False) -> str:
 
 
 def layout(columns: list[Column], total: int) -> list[int]:
-    """Column widths for a table ``total`` cells wide (one space between columns)."""
+    """Column widths for a table ``total`` cells wide (one space between columns); call
+    it with the columns ``shown`` at that width."""
     fixed = sum(c.width for c in columns if c.width is not None) + len(columns) - 1
     flex = [c for c in columns if c.width is None]
     left = max(8, total - fixed)
@@ -74,20 +81,22 @@ class TableHeader(Static):
         self.refresh()
 
     def render(self) -> Text:
-        widths = layout(self.columns, self.size.width)
+        columns = shown(self.columns, self.size.width)
+        widths = layout(columns, self.size.width)
         out = Text(no_wrap=True, overflow="crop")
-        for i, (col, w) in enumerate(zip(self.columns, widths)):
+        for i, (col, w) in enumerate(zip(columns, widths)):
             label = col.label
             if col.key == self.sort_key:
                 label += " ▼" if self.reverse else " ▲"
             out.append(fit(label, w, col.right), style="bold")
-            if i < len(self.columns) - 1:
+            if i < len(columns) - 1:
                 out.append(" ")
         return out
 
     def on_click(self, event: events.Click) -> None:
         x = 0
-        for col, w in zip(self.columns, layout(self.columns, self.size.width)):
+        columns = shown(self.columns, self.size.width)
+        for col, w in zip(columns, layout(columns, self.size.width)):
             if x <= event.x < x + w + 1:
                 self.post_message(self.Clicked(col.key))
                 return
@@ -179,17 +188,18 @@ class VirtualTable(ScrollView, can_focus=True):
                 return Strip([Segment(fit(self.empty_text, width), base + Style(dim=True, italic=True))])
             return Strip.blank(width, base)
         record = self.rows[index]
-        widths = layout(self.columns, width)
+        columns = shown(self.columns, width)
+        widths = layout(columns, width)
         cursor = index == self.cursor
         highlight = self.get_component_rich_style("virtual-table--cursor") if cursor else None
         segments = []
-        for i, (col, w) in enumerate(zip(self.columns, widths)):
+        for i, (col, w) in enumerate(zip(columns, widths)):
             text, spec = col.cell(record)
             style = base + theme_style(self, spec)
             if highlight is not None:
                 style += highlight
             segments.append(Segment(fit(text, w, col.right), style))
-            if i < len(self.columns) - 1:
+            if i < len(columns) - 1:
                 segments.append(Segment(" ", base + highlight if highlight else base))
         return Strip(segments).adjust_cell_length(width, base + highlight if highlight else base)
 

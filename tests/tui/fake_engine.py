@@ -173,9 +173,14 @@ class FakeEngine:
         are more of ``Result``'s fields (forced=True, wall_seconds=..., ...)."""
         best = self.standing.best
         baseline = fields.get("baseline", status == "baseline")
+        if fields.get("runs") and metric is None:
+            metric = sum(fields["runs"]) / len(fields["runs"])  # a confirmed change: the mean of its runs
+        commit = BASE_COMMIT if baseline else f"{n:04d}abcdef0123456789"
+        if fields.get("remeasure") and best is not None:
+            commit = best.commit or BASE_COMMIT  # the best, measured again
         record = dict(
             n=n, status=status, metric=metric, delta=(metric - best.metric) if metric is not None and best else None,
-            noise=0.002, commit=BASE_COMMIT if baseline else f"{n:04d}abcdef0123456789",
+            noise=0.002, commit=commit,
             parent=best.commit if best else BASE_COMMIT, description=description,
             hypothesis=f"hypothesis {n}", started_at=self.t0 + n * 100, ended_at=self.t0 + n * 100 + 75,
             train_seconds=60.0, wall_seconds=75.0, peak_mem_mb=812.0,
@@ -196,7 +201,23 @@ class FakeEngine:
         return result
 
     def standing_fields(self) -> dict[str, Any]:
-        return {"best": self.standing.best, "baseline": self.standing.baseline, "counts": dict(self.standing.counts)}
+        return {"best": self.standing.best, "baseline": self.standing.baseline, "counts": dict(self.standing.counts),
+                "noise": self.standing.noise(), "runs": []}
+
+    def remeasure(self, n: int, metric: float, **fields: Any) -> Result:
+        """The drift guard: the best, measured again unchanged (a baseline run)."""
+        best = self.standing.best
+        why = fields.pop("why", "10 experiments since it was last measured")
+        return self.finish(n, "baseline", metric, f"re-measure the best (#{best.n:04d}): {why}",
+                           remeasure=True, **fields)
+
+    def confirming(self, n: int, runs: list[float], at: float | None = None) -> None:
+        """Experiment n beat the best with ``runs`` so far and is being run again."""
+        at = self.t0 if at is None else at
+        for i, metric in enumerate(runs, start=1):
+            self.event("measurement", n=n, run=i, metric=metric, ts=at)
+        self.set_state(phase="confirming", phase_started_at=at, runs=list(runs))
+        self.event("phase", n=n, phase="confirming", ts=at)
 
     def resume(self) -> None:
         """The engine was killed mid-experiment and started again: the experiment in
@@ -272,6 +293,35 @@ def every_status(engine: FakeEngine) -> None:
     engine.resume()
     engine.finish(13, "discard", 1.897, "shorter warmup")
     engine.begin(14, "smaller batch", "More steps within the budget.")
+
+
+CONFIG = {"loop": {"confirm_runs": 1, "remeasure_every": 10, "baseline_runs": 2}}
+
+
+def decisions(engine: FakeEngine) -> None:
+    """A run whose decisions used every new record: two baseline runs (noise pooled from
+    them), changes confirmed by a second run (a mean of two, scored on the holdout), one
+    whose confirmation did not hold, re-measures of the best, a keep whose holdout got
+    worse than the best's (marked H), a keep whose throughput moved 24% (marked T), and
+    #0010 in flight, confirming its first run."""
+    engine.set_state(config=CONFIG)
+    tps = dict(tokens_per_sec=40000.0, num_steps=1200, load_avg=0.4)
+    engine.finish(0, "baseline", 1.9000, "baseline: unmodified train.py (run 1 of 2)", holdout=1.9500, **tps)
+    engine.finish(1, "baseline", 1.9080, "baseline: unmodified train.py (run 2 of 2)", holdout=1.9560, **tps)
+    engine.finish(2, "keep", None, "raise LEARNING_RATE 0.003 -> 0.004", runs=[1.8720, 1.8760], holdout=1.9300,
+                  tokens_per_sec=40100.0, num_steps=1210, threshold=0.012)
+    engine.finish(3, "discard", 1.9050, "deeper: N_LAYER 4 -> 6", tokens_per_sec=33000.0)
+    engine.finish(4, "keep", None, "longer warm-down", runs=[1.8610, 1.8650], holdout=1.9360,
+                  tokens_per_sec=40300.0, threshold=0.011)
+    engine.finish(5, "discard", None, "smaller batch", runs=[1.8500, 1.8690], holdout=1.9340,
+                  error="its mean did not beat the best by the noise")
+    engine.remeasure(6, 1.8660, holdout=1.9380, tokens_per_sec=39900.0)
+    engine.finish(7, "keep", None, "wider MLP: 4x -> 5x", runs=[1.8470, 1.8510], holdout=1.9250,
+                  tokens_per_sec=30500.0, threshold=0.010)
+    engine.finish(8, "crash", None, "fused attention off", error="exit status 1: RuntimeError")
+    engine.remeasure(9, 1.8500, holdout=1.9260, tokens_per_sec=30400.0, why="recent runs' throughput moved -24%")
+    engine.begin(10, "weight decay 0.1 -> 0.05", "Less weight decay lets the wider MLP use its capacity.")
+    engine.confirming(10, [1.8390])
 
 
 def main(argv: list[str]) -> None:

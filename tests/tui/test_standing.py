@@ -51,10 +51,11 @@ async def test_chart_and_header_agree_with_standing(journal, source):
     """From state.json's best, baseline and counts, and, where state.json has none yet,
     from the results folded by the same rule."""
     if source == "results":
-        journal.set_state(best=None, baseline=None, counts={})
+        journal.set_state(best=None, baseline=None, counts={}, noise=None)
     results = journal.run.read_results()
     standing = Standing.of(results)
-    best, base, counts = standing.best, standing.baseline, standing.grouped_counts()
+    best, base, counts, noise = standing.best, standing.baseline, standing.grouped_counts(), standing.noise()
+    assert noise.dof == 1 and noise.runs == 2  # the two baseline runs of one commit
     assert counts == {"keep": 2, "discard": 2, "failed": 5, "other": 5}
 
     app = MonitorApp(journal.run, sampler=FixedSampler(), stats_interval=3600)
@@ -68,7 +69,8 @@ async def test_chart_and_header_agree_with_standing(journal, source):
         assert app.view.best() == best and app.view.baseline() == base and app.view.counts() == counts
         header = rendered(pane)
         assert f"best {fmt.metric(best.metric)} (#{best.n})" in header
-        assert f"vs baseline {fmt.metric(base.metric)} ±{base.noise:.4f}" in header
+        assert f"vs baseline {fmt.metric(base.metric)}" in header
+        assert f"noise ±{noise.sigma:.4f} (2 runs)" in header  # pooled, as the engine decides with it
         assert "keep 2 · discard 2 · failed 5 · other 5" in header
 
         s = chart.data[0]
