@@ -86,9 +86,17 @@ class Tmux:
         (socket_dir / self.name).unlink(missing_ok=True)  # tmux leaves its socket file behind
 
 
-def monitor_command(repo: Path, tag: str = "bench") -> str:
+# The monitor's source tree to measure: this checkout, or another copy of it (an older
+# version, to compare before and after in one session on the same shared machine).
+TREE = Path(os.environ.get("AUTORESEARCH_BENCH_TREE") or ROOT).resolve()
+
+
+def monitor_command(repo: Path, tag: str = "bench", tree: Path | None = None) -> str:
     # exec: the pane's process is the monitor itself, so its pid is the one to measure.
-    return f"exec {shlex.quote(sys.executable)} -m autoresearch --repo {shlex.quote(str(repo))} tui --tag {tag}"
+    # cd: `python -m` imports the monitor from the current directory first.
+    tree = tree or TREE
+    return (f"cd {shlex.quote(str(tree))} && exec {shlex.quote(sys.executable)} -m autoresearch "
+            f"--repo {shlex.quote(str(repo))} tui --tag {tag}")
 
 
 def full_frame(screen: str) -> bool:

@@ -5,6 +5,9 @@ Threads and workers, and where their results go:
   the RunView, redraws the panes that changed, then acks (back-pressure);
 - the "stats" worker samples GPU/CPU; when it finishes it is re-armed with a timer, so
   two samples never overlap;
+- a tick redraws what depends on the clock (elapsed time, "last seen");
+- while the engine is idle (paused, stopped, gone) the tick and the sampler slow down,
+  and they speed up again as soon as a batch says it moves;
 - each control command runs in a "command" worker (the socket never blocks the UI).
 Every worker is exit_on_error=False; failures all reach ``report_error``.
 """
@@ -12,6 +15,7 @@ Every worker is exit_on_error=False; failures all reach ``report_error``.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -24,10 +28,11 @@ from textual.worker import Worker, WorkerState
 
 from engine.control import ControlError, send_command
 from engine.rundir import RunDir
+from tui import alerts
 from tui.chart_pane import ChartPane
 from tui.dialogs import ConfirmModal, HelpScreen, NoteModal, QuitModal
 from tui.diff_pane import DiffPane, DiffScreen
-from tui.hypothesis_pane import HypothesisPane
+from tui.hypothesis_pane import IDLE_PHASES, HypothesisPane
 from tui.live import LiveScreen
 from tui.log_pane import LogPane
 from tui.model import Ack, RunView
@@ -36,6 +41,9 @@ from tui.sysstats import Sample, Sampler
 from tui.util_pane import UtilPane
 
 STATS_INTERVAL = 2.0  # seconds between GPU/CPU samples
+TICK_S = 1.0  # the clock on screen (budget bar, elapsed time) while the engine works
+IDLE_TICK_S = 5.0  # ...and while it is paused, stopped or gone: nothing there moves by the second
+IDLE_SLOWDOWN = 5  # samples this many times less often while the engine is idle
 DEBOUNCE_S = 2.0  # the same command again within this is "already sent", not resent
 # A batch with at least this many results (a long run read at start, or results.jsonl
 # replaced) is frozen out of the cyclic garbage collector: the records live as long as
@@ -98,26 +106,25 @@ class MonitorApp(App[str | None]):
         self._polling_noted = False
         self._sandbox_noted: str | None = None
         self._froze = False  # gc.freeze() was called: undone when the app ends
+        self._tick_timer: Any = None
+        self._tick_idle = False  # the tick and the sampler were last armed for an idle engine
+        self._stats_timer: Any = None
+        self._stats_idle = False
+        self.bell = alerts.mode_from_env()  # None (off), "bel" or "osc9": AUTORESEARCH_BELL
+        self.news = alerts.News()
+        self._alerts: list[str] = []
+        self._alert_timer: Any = None
+        self._last_alert = -1e9
         self.theme_problems: list[str] = []
         self._load_themes()
 
     # -- start-up and shutdown ---------------------------------------------------------
 
     def _load_themes(self) -> None:
-        """Register the theme files and pick one, before the first styling pass (a theme
-        set later restyles every widget once more, which costs start-up time)."""
-        from tui.themes import DEFAULT_THEME, chosen_theme, load_themes
+        """Register the theme files and pick one, before the first styling pass."""
+        from tui.themes import install_themes
 
-        themes, self.theme_problems = load_themes()
-        for theme in themes:
-            self.register_theme(theme)
-        wanted = chosen_theme()
-        fallback = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
-        if wanted not in self.available_themes:
-            if wanted != DEFAULT_THEME:  # our own files missing (an install without themes/) is no news
-                self.theme_problems.append(f"unknown theme {wanted!r}; using {fallback}")
-            wanted = fallback
-        self.theme = wanted
+        self.theme_problems = install_themes(self)
 
     def on_mount(self) -> None:
         for problem in self.theme_problems:
@@ -141,7 +148,7 @@ class MonitorApp(App[str | None]):
         live = self.live
         if self._last_sample is not None and live is not None:
             live.query_one(UtilPane).show(self._last_sample)
-        self.set_interval(1.0, self._tick)
+        self._arm_tick()
 
     def get_default_screen(self) -> Screen:
         return LiveScreen()
@@ -184,6 +191,7 @@ class MonitorApp(App[str | None]):
             self._polling_noted = True
             self.notify(f"File events unavailable ({self.watcher.watchdog_error}); polling instead.", severity="warning")
         changed = self.view.apply(batch)
+        self._look_for_news(batch, changed)
         if len(batch.results) >= FREEZE_RESULTS:
             gc.freeze()
             self._froze = True
@@ -209,6 +217,7 @@ class MonitorApp(App[str | None]):
         if changed & {"state", "alive"}:
             self._show_engine(live, now)
             self._refresh_footer()
+            self._wake_up()
         if "state" in changed:
             self._note_sandbox()
         if "command" in changed:
@@ -250,8 +259,7 @@ class MonitorApp(App[str | None]):
         for screen in self.screen_stack:
             if isinstance(screen, HistoryScreen):
                 if batch.results_reset:
-                    screen.records = list(self.view.results)
-                    screen.refilter()
+                    screen.reset_records(list(self.view.results), self.view.marks)
                 else:
                     screen.add_records(batch.results)
 
@@ -264,15 +272,80 @@ class MonitorApp(App[str | None]):
         live.show_banner(self.view, engine, now)
 
     def _tick(self) -> None:
-        """Once a second: elapsed time, 'last seen', and the engine's liveness label."""
+        """Elapsed time, 'last seen', and the engine's liveness label: once a second while
+        the engine works, every few seconds while it is idle. What did not change is not
+        repainted."""
+        self._tick_timer = None
         live = self.live
         if live is None:
             return
         now = self.clock()
         live.query_one(HypothesisPane).show(self.view, now)
         self._show_engine(live, now)
+        self._arm_tick()
+
+    def idle(self) -> bool:
+        """Nothing moves until someone acts: the engine is paused, stopped or gone."""
+        return (self.engine_state() in ("stopped", "gone") or self.view.paused
+                or self.view.phase in IDLE_PHASES)
+
+    def _arm_tick(self) -> None:
+        self._tick_idle = self.idle()
+        self._tick_timer = self.set_timer(IDLE_TICK_S if self._tick_idle else TICK_S, self._tick, name="tick")
+
+    def _wake_up(self) -> None:
+        """The engine moves again (resumed, restarted): the slowed timers come back now."""
+        if self.idle():
+            return
+        if self._tick_idle and self._tick_timer is not None:
+            self._tick_timer.stop()
+            self._arm_tick()
+        if self._stats_idle and self._stats_timer is not None:  # a sample is due, not running
+            self._stats_timer.stop()
+            self._stats_timer = None
+            self.collect_stats()
+
+    # -- alerts -------------------------------------------------------------------------
+
+    def _look_for_news(self, batch: Batch, changed: set[str]) -> None:
+        """A new best, a hang or a timeout, a pause on an error, the engine gone: ring
+        (AUTORESEARCH_BELL, tui/alerts.py). The first batch only sets what is known."""
+        news, view = self.news, self.view
+        found = [] if batch.results_reset else news.results(batch.results)
+        if "state" in changed:
+            found += news.paused(view.paused, view.state.error)
+        if batch.alive is not None:
+            where = f"#{view.n:04d} {view.phase}" if view.n is not None else view.phase
+            found += news.alive(batch.alive, view.phase, where)
+        news.primed = True
+        if found and self.bell:
+            self._alerts += found
+            if self._alert_timer is None:  # alerts that come together go out as one
+                wait = max(0.0, self._last_alert + alerts.MIN_GAP_S - time.monotonic())
+                self._alert_timer = self.set_timer(max(wait, 0.01), self._ring, name="alert")  # 0 is not a timer
+
+    def _ring(self) -> None:
+        self._alert_timer = None
+        texts, self._alerts = self._alerts, []
+        if not texts or not self.bell:
+            return
+        self._last_alert = time.monotonic()
+        text = texts[0] if len(texts) == 1 else f"{len(texts)} events: " + "; ".join(texts)
+        self.write_to_terminal(alerts.sequence(self.bell, f"autoresearch {self.run_dir.tag}: {text}",
+                                               tmux=bool(os.environ.get("TMUX"))))
+
+    def write_to_terminal(self, data: str) -> None:
+        """Bytes for the terminal itself, between two frames (a bell, a notification)."""
+        driver = self._driver
+        if driver is not None:
+            driver.write(data)
+            driver.flush()
 
     # -- utilization ------------------------------------------------------------------
+
+    def _sample_due(self) -> None:
+        self._stats_timer = None
+        self.collect_stats()
 
     def collect_stats(self) -> None:
         pid = self.lock_pid if self.view.alive else None
@@ -295,8 +368,11 @@ class MonitorApp(App[str | None]):
             elif event.state == WorkerState.ERROR and not self._stats_error_shown:
                 self._stats_error_shown = True
                 self.report_error("reading GPU/CPU utilization", worker.error)
-            # Re-arm only now: a slow sample delays the next instead of piling up.
-            self.set_timer(self.stats_interval, self.collect_stats)
+            # Re-arm only now: a slow sample delays the next instead of piling up. While
+            # the engine is idle there is little to see: sample less often.
+            self._stats_idle = self.idle()
+            delay = self.stats_interval * (IDLE_SLOWDOWN if self._stats_idle else 1)
+            self._stats_timer = self.set_timer(delay, self._sample_due, name="stats")
         elif worker.group == "command" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
             cmd = worker.name
             self._in_flight.discard(cmd)
@@ -414,7 +490,7 @@ class MonitorApp(App[str | None]):
     def open_history(self) -> None:
         from tui.history import HistoryScreen
 
-        self.push_screen(HistoryScreen(self.run_dir, list(self.view.results)))
+        self.push_screen(HistoryScreen(self.run_dir, list(self.view.results), self.view.marks))
 
     def open_diff(self) -> None:
         n = self.view.log_n

@@ -142,8 +142,14 @@ History
   f        filter by status
   /        search descriptions, hypotheses and commits
   escape   back
+  marks    H: a keep that lowered val_bpb but raised the holdout
+           T: a keep whose tokens/s moved over 20% from the best's
 
 Every command shows the engine's answer: accepted, or refused and why.
+
+AUTORESEARCH_BELL=1 rings the terminal bell, =osc9 sends a desktop
+notification (OSC 9), on a new best, a hang or timeout, a pause on an
+error, or the engine gone. Off by default.
 """
 
 

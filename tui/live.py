@@ -105,6 +105,8 @@ class LiveScreen(Screen):
         self._top: tuple | None = None  # what show_top and show_banner were last given,
         self._banner: tuple | None = None  # to draw it again in a new theme's colours
         self._unsandboxed: str | None = None
+        self._top_text: Text | None = None  # what the top bar and the banner show now
+        self._banner_text: tuple[Text, bool] | None = None
         on_theme_change(self, self._restyle)
         self.app.live_ready()  # type: ignore[attr-defined]
 
@@ -135,6 +137,7 @@ class LiveScreen(Screen):
     # -- what the screen shows ---------------------------------------------------------
 
     def _restyle(self) -> None:
+        self._top_text = self._banner_text = None  # the same words in new colours: draw them again
         if self._top is not None:
             self.show_top(*self._top)
         if self._banner is not None:
@@ -168,7 +171,9 @@ class LiveScreen(Screen):
             ack_style = {"accepted": "$success", "refused": "$warning", "error": "$error"}[ack.result]
             out.append("   ")
             out.append(f"{ack.cmd}: {ack.result}" + (f" ({ack.message})" if ack.message else ""), style=style(ack_style))
-        topbar.update(out)
+        if out != self._top_text:  # the same line again (a heartbeat, a tick): no repaint
+            self._top_text = out
+            topbar.update(out, layout=False)  # one line, always: no layout pass
 
     def show_banner(self, view: RunView, engine: str, now: float) -> None:
         """A line above the panes when something needs the user: the engine gone, stopped or
@@ -178,6 +183,7 @@ class LiveScreen(Screen):
         error = fmt.one_line(view.state.error).rstrip(".")
         if engine not in ("gone", "stale", "stopped") and not (engine == "running" and error):
             banner.set_class(False, "-show")
+            self._banner_text = None
             return
         seen = view.last_seen()
         where = f"#{view.n:04d} {view.phase}" if view.n is not None else view.phase
@@ -201,8 +207,12 @@ class LiveScreen(Screen):
             text.append("The engine reports an error: ", style="bold")
             text.append(f"{error}.")
         text.rstrip()
-        banner.update(text)
-        banner.set_class(engine in ("stale", "stopped") and not error, "-warning")  # not (yet) a failure
+        warning = engine in ("stale", "stopped") and not error  # not (yet) a failure
+        if (text, warning) == self._banner_text:
+            return  # unchanged: no repaint
+        self._banner_text = (text, warning)
+        banner.update(text)  # with a layout pass: the banner's height follows its text
+        banner.set_class(warning, "-warning")
         banner.set_class(True, "-show")
 
     # -- actions: the app does the work ---------------------------------------------

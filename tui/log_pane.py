@@ -109,5 +109,7 @@ class LogPane(Vertical):
         if status != self._status:
             self._status = status
             line = self.query_one("#log-status", Static)
-            line.update(Text(status, no_wrap=True, overflow="ellipsis"))
-            line.display = bool(status)  # an empty status line would waste a log line
+            shown = bool(status)
+            # One line either way: a layout pass only when it appears or goes.
+            line.update(Text(status, no_wrap=True, overflow="ellipsis"), layout=shown != line.display)
+            line.display = shown  # an empty status line would waste a log line

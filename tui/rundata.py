@@ -33,6 +33,10 @@ WAKE_EVENTS = ("modified", "created", "moved", "deleted", "closed")  # writes, n
 STARTUP_QUIET_S = 0.3
 BUSY_RATE = 200.0  # log lines per second: above this, batches come less often...
 FLOOD_RATE = 1000.0  # ...and above this, at flood_interval (4 a second)
+# Each poll that finds nothing new doubles the wait before the next, up to this many
+# times the poll interval: an idle run costs a few reads a minute, and the first change
+# (or a file event) brings the interval back at once.
+POLL_BACKOFF = 4
 
 
 @dataclass
@@ -405,6 +409,7 @@ class RunWatcher:
             if self.use_watchdog and not self._stop.wait(STARTUP_QUIET_S):
                 self._start_observer()  # imported here, off the UI thread, after the first frame
             next_post = last_post = time.monotonic()
+            quiet = 0  # polls in a row that found nothing
             while not self._stop.is_set():
                 if not self._wait_for_ack():
                     return
@@ -414,6 +419,7 @@ class RunWatcher:
                 self._wake.clear()
                 batch = self.reader.collect()
                 if self._post(batch):
+                    quiet = 0
                     now = time.monotonic()
                     rate = len(batch.log_lines) / max(now - last_post, 1e-3)
                     if batch.log_skipped_bytes:
@@ -421,7 +427,10 @@ class RunWatcher:
                     last_post, next_post = now, now + self.spacing(rate)
                     continue
                 interval = self.poll_interval if self._observer is not None else self.fallback_poll_interval
-                self._wake.wait(interval)
+                if not self._wake.wait(interval * min(2 ** quiet, POLL_BACKOFF)):
+                    quiet = min(quiet + 1, 8)  # the poll found nothing and nothing woke us: wait longer next time
+                else:
+                    quiet = 0
         except BaseException as e:  # reported by the consumer; never kills the process
             self.error = e
             raise

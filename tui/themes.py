@@ -80,6 +80,23 @@ def load_themes() -> tuple[list[Theme], list[str]]:
     return list(themes.values()), problems
 
 
+def install_themes(app) -> list[str]:  # type: ignore[no-untyped-def]
+    """Register the theme files with ``app`` and select the chosen theme, before the first
+    styling pass (a theme set later restyles every widget once more). Returns a line for
+    each problem found, for the app to show."""
+    themes, problems = load_themes()
+    for theme in themes:
+        app.register_theme(theme)
+    wanted = chosen_theme()
+    fallback = DEFAULT_THEME if DEFAULT_THEME in app.available_themes else "textual-dark"
+    if wanted not in app.available_themes:
+        if wanted != DEFAULT_THEME:  # our own files missing (an install without themes/) is no news
+            problems.append(f"unknown theme {wanted!r}; using {fallback}")
+        wanted = fallback
+    app.theme = wanted
+    return problems
+
+
 def chosen_theme() -> str:
     name = os.environ.get("AUTORESEARCH_THEME")
     if name:

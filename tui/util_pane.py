@@ -22,8 +22,13 @@ class UtilPane(Static):
         self.samples = 0
         self.series: dict[str, deque[float]] = {}
         self.sample: Sample | None = None
+        self._text: Text | None = None
         self.update(Text("measuring…", style="dim"))
-        on_theme_change(self, self._draw)
+        on_theme_change(self, self._restyle)
+
+    def _restyle(self) -> None:
+        self._text = None
+        self._draw()
 
     def show(self, sample: Sample) -> None:
         self.samples += 1
@@ -87,4 +92,9 @@ class UtilPane(Static):
             if sample.cpu_count:
                 out.append(f"  ({sample.cpu_count} cores)")
         out.rstrip()
-        self.update(out)
+        if out != self._text:
+            # The pane is as tall as its text: a layout pass only when its number of lines
+            # changes (a GPU or the training processes appear or go), not for new readings.
+            lines = out.plain.count("\n")
+            self.update(out, layout=self._text is None or lines != self._text.plain.count("\n"))
+            self._text = out

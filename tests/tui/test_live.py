@@ -362,3 +362,30 @@ async def test_unsandboxed_training_is_badged_and_explained(engine, monkeypatch,
         await wait_for(pilot, lambda: "UNSANDBOXED" not in text_of(app, "#topbar"), "the badge gone")
         assert topbar.tooltip is None
         assert sum(UNSANDBOXED_REASON in toast for toast in toasts(app)) <= 1  # never repeated
+
+
+async def test_the_utilization_pane_grows_to_a_sample_that_comes_after_the_first_frame(engine):
+    """The pane is as tall as its text: "measuring…" first, then a sample's lines."""
+    import threading
+
+    class LateSampler(FixedSampler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = threading.Event()
+
+        def sample(self, engine_pid):
+            self.go.wait(10)
+            return super().sample(engine_pid)
+
+    engine.begin(1, "d", "h")
+    sampler = LateSampler()
+    app = make_app(engine, sampler=sampler, stats_interval=3600)
+    async with app.run_test(size=(160, 50)) as pilot:
+        util = app.screen.query_one(UtilPane)
+        await wait_for(pilot, lambda: "measuring" in str(util.render()), "the first frame")
+        await pilot.pause(0.2)
+        sampler.go.set()
+        await wait_for(pilot, lambda: util.samples == 1, "the sample")
+        await pilot.pause(0.2)
+        lines = str(util.render()).count("\n") + 1
+        assert lines >= 4 and util.content_region.height >= lines  # every line of the sample is on screen
