@@ -69,10 +69,18 @@ def start_or_attach(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def tui(args: argparse.Namespace, argv: list[str]) -> int:
-    from tui.launch import run_monitor
+    """Attach to the named run, else to the running engine; with none running and several
+    runs, ask which to open (a list); with one, open it."""
+    from engine.rundir import list_tags
+    from tui import launch
 
     repo = find_repo_root(args.repo)
-    return run_monitor(RunDir.for_tag(repo, resolve_tag(repo, getattr(args, "tag", None))))
+    tag = getattr(args, "tag", None)
+    if tag is None and running_tag(repo) is None and len(tags := list_tags(repo)) > 1:
+        tag = launch.choose_run(repo, tags)
+        if tag is None:
+            return 0  # the user left the list
+    return launch.run_monitor(RunDir.for_tag(repo, resolve_tag(repo, tag)))
 
 
 def serve(args: argparse.Namespace, argv: list[str]) -> int:
@@ -95,8 +103,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from engine.agents import make_agent
     from engine.loop import Engine
 
-    repo = resolve_repo(args.repo)
-    config = load_config(repo, run_overrides(args))
+    root = resolve_repo(args.repo, require_files=False)
+    config = load_config(root, run_overrides(args))
+    repo = resolve_repo(args.repo, target=config.target is not None)
     tag = gitops.check_tag(getattr(args, "tag", None) or default_tag())
     rd = RunDir.for_tag(repo, tag)
     if is_locked(rd.lock):
@@ -108,7 +117,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         agent = make_agent(config)
     except (ImportError, ValueError) as e:
         raise UsageError(f"agent {config.agent.effective_name()!r} is not available: {e}") from None
-    dirty = gitops.open_repo(repo).git.status("--porcelain", "--", "train.py", "prepare.py", "program.md")
+    dirty = gitops.open_repo(repo).git.status("--porcelain", "--", *config.loop.mutable, "program.md")
     if dirty:
         _say("note: uncommitted changes in your checkout are not part of the run (it starts from HEAD)")
     engine = Engine(repo, tag, config, agent, out=_say)

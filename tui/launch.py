@@ -39,6 +39,19 @@ def run_monitor(run: RunDir) -> int:
     return 0
 
 
+def choose_run(repo: Path, tags: list[str]) -> str | None:
+    """Ask which of several runs to open: a full-screen list (tui/runs_screen.py). Returns
+    the tag, or None when the user leaves. Without a terminal to ask in, the run that
+    engine/runs.py's rule picks (the most recent)."""
+    from engine.runs import resolve_tag
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return resolve_tag(repo, None)
+    from tui.runs_screen import RunsApp
+
+    return RunsApp(repo, tags).run()
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
