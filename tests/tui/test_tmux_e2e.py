@@ -60,7 +60,11 @@ import json, os, sys
 from pathlib import Path
 
 if len(sys.argv) > 1 and sys.argv[1] == "evaluate":
-    args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+    # Started before training ends (--wait): score only once the engine says go.
+    if "--wait" in sys.argv and sys.stdin.readline().strip() != "go":
+        sys.exit(0)
+    rest = [a for a in sys.argv[2:] if a not in ("--holdout", "--wait")]
+    args = dict(zip(rest[0::2], rest[1::2]))
     metric = json.load(open(args["--checkpoint"]))["metric"]
     json.dump({"val_bpb": metric}, open(args["--out"], "w"))
     print(f"val_bpb: {metric}")
