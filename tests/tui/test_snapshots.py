@@ -11,11 +11,14 @@ import pytest
 from textual.widgets import Input, Static
 
 from tests.tui.conftest import FixedSampler, fixed_clock, wait_for
-from tests.tui.fake_engine import T0, FakeEngine, history
+from tests.tui.fake_engine import T0, FakeEngine, decisions, history
+from tests.tui.test_runs_screen import make_runs
 from tui.app import MonitorApp
 from tui.diff_pane import DiffScreen
 from tui.dialogs import ConfirmModal, HelpScreen, NoteModal, QuitModal
+from tui.history import HistoryScreen
 from tui.log_pane import LogPane
+from tui.runs_screen import RunsApp
 from tui.util_pane import UtilPane
 
 LOG = [f"step {i:05d} | loss {3.2 / (1 + i / 100):.4f} | lr 4.00e-03 | dt 102ms | tok/s 40213" for i in range(0, 400, 10)]
@@ -291,3 +294,67 @@ def test_experiment_detail(picture_engine, snap_compare):
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
+
+
+# -- decisions: confirmation runs, noise, re-measures, holdout, marks ------------------------
+
+
+@pytest.fixture
+def decided_engine(repo):
+    engine = FakeEngine(repo, "nov25", agent={"name": "claude", "model": "claude-sonnet-5-5"})
+    engine.start()
+    decisions(engine)
+    engine.log(10, *LOG)
+    yield engine
+    engine.release()
+
+
+def decided(engine, app):
+    async def run_before(pilot) -> None:
+        await wait_for(pilot, lambda: len(app.view.results) == len(engine.results), "results")
+        await wait_for(pilot, lambda: app.screen.query_one(LogPane).log.line_count == len(LOG), "the log")
+        await wait_for(pilot, lambda: app.screen.query_one(UtilPane).samples == 1, "a sample")
+        await wait_for(pilot, lambda: app.screen.query_one("#chart").plot is not None, "the plot")
+        await settle(pilot)
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["wide", "compact"])
+def test_live_screen_confirming(decided_engine, snap_compare, size):
+    """#0010 beat the best once and runs again; the header gives the pooled noise."""
+    app = live_app(decided_engine)
+    assert snap_compare(app, terminal_size=size, run_before=decided(decided_engine, app))
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["wide", "compact"])
+def test_history_with_marks(decided_engine, snap_compare, size):
+    """Means of two runs, holdouts, re-measures; #4 marked H (its explanation in the preview,
+    or under the table when there is no room for the preview), #7 marked T."""
+    app = live_app(decided_engine)
+
+    async def run_before(pilot) -> None:
+        await decided(decided_engine, app)(pilot)
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen), "the history")
+        await pilot.press(*["down"] * 5)
+        await wait_for(pilot, lambda: app.screen.table.current.n == 4, "#4")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+# -- the runs of a repository ------------------------------------------------------------
+
+
+def test_runs_screen(repo, snap_compare):
+    """`autoresearch tui` with no engine running and several runs: which one to open."""
+    make_runs(repo)
+    app = RunsApp(repo, ["nov21", "nov22", "nov23"], clock=lambda: T0)
+
+    async def run_before(pilot) -> None:
+        await wait_for(pilot, lambda: app.screen.runs is not None, "the runs")
+        await pilot.press("down")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
