@@ -103,8 +103,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from engine.agents import make_agent
     from engine.loop import Engine
 
-    repo = resolve_repo(args.repo)
-    config = load_config(repo, run_overrides(args))
+    root = resolve_repo(args.repo, require_files=False)
+    config = load_config(root, run_overrides(args))
+    repo = resolve_repo(args.repo, target=config.target is not None)
     tag = gitops.check_tag(getattr(args, "tag", None) or default_tag())
     rd = RunDir.for_tag(repo, tag)
     if is_locked(rd.lock):
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         agent = make_agent(config)
     except (ImportError, ValueError) as e:
         raise UsageError(f"agent {config.agent.effective_name()!r} is not available: {e}") from None
-    dirty = gitops.open_repo(repo).git.status("--porcelain", "--", "train.py", "prepare.py", "program.md")
+    dirty = gitops.open_repo(repo).git.status("--porcelain", "--", *config.loop.mutable, "program.md")
     if dirty:
         _say("note: uncommitted changes in your checkout are not part of the run (it starts from HEAD)")
     engine = Engine(repo, tag, config, agent, out=_say)

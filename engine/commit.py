@@ -9,6 +9,7 @@ are an early, friendly refusal; the sandbox and the scorer are what make it safe
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 from .gitops import GitMetadata
@@ -17,18 +18,19 @@ from .results import Result, experiment_ref
 from .session import Session
 
 
-def scope_problems(paths: list[str], mutable: list[str]) -> list[str]:
+def is_mutable(path: str, mutable: list[str]) -> bool:
+    """A path the agent may change: named, under a named folder/, or matching a glob."""
+    return any(path == m or (m.endswith("/") and path.startswith(m)) or fnmatch.fnmatchcase(path, m) for m in mutable)
+
+
+def scope_problems(paths: list[str], mutable: list[str], evaluator: str | None = "prepare.py") -> list[str]:
     """Why a change may not run: empty, touches the evaluator, or leaves the mutable files."""
     if not paths:
         return ["the change is empty (nothing differs from the best commit)"]
     problems = []
-    if "prepare.py" in paths:
-        problems.append("changed prepare.py (the evaluator is immutable)")
-
-    def allowed(p: str) -> bool:
-        return any(p == m or (m.endswith("/") and p.startswith(m)) for m in mutable)
-
-    outside = sorted(p for p in set(paths) if p != "prepare.py" and not allowed(p))
+    if evaluator and evaluator in paths:
+        problems.append(f"changed {evaluator} (the evaluator is immutable)")
+    outside = sorted(p for p in set(paths) if p != evaluator and not is_mutable(p, mutable))
     if outside:
         problems.append(f"changed files outside its scope ({', '.join(mutable)}): {', '.join(outside[:10])}")
     return problems
@@ -60,7 +62,10 @@ def check_and_commit(s: Session, draft: Result, exp_dir: Path, metadata: GitMeta
     ignored = s.wt.ignored_paths()
     change = s.wt.change()
     (exp_dir / "diff.patch").write_text(change.diff, encoding="utf-8")
-    problems = scope_problems(change.paths, s.config.loop.mutable) + off_limits_additions(change.diff)
+    builtin = s.config.target is None
+    problems = scope_problems(change.paths, s.config.loop.mutable, "prepare.py" if builtin else None)
+    if builtin:  # the line patterns know this workspace's evaluator
+        problems += off_limits_additions(change.diff)
     problems += list(known_problems)
     if git_changes:
         problems.append(f"changed the repository's git metadata: {', '.join(git_changes[:10])}")

@@ -139,10 +139,29 @@ class NotifyConfig:
 
 
 @dataclass
+class TargetConfig:
+    """Another repository's experiment: what runs, what it is scored on, what must pass.
+
+    Without a [target] table the target is this project's own workspace: train.py runs
+    warm in the sandbox and prepare.py's scorer measures val_bpb from the checkpoint.
+    """
+
+    run: str = "python train.py"  # run in the sandbox, in the experiment's files, with the budget
+    metric: str = "val_bpb"  # its name: a `name: value` line after `---` by default
+    metric_regex: str | None = None  # or: a regular expression over the output, the value in group 1
+    metric_json: str | None = None  # or: a JSON file the run writes in its scratch directory (key = metric)
+    direction: str = "min"  # or "max"
+    evaluate: str | None = None  # a trusted command that prints the metric; without it, it is self-reported
+    guard: str | None = None  # a command that must pass (exit 0) before a change can be kept
+    guard_timeout: float = 600.0
+
+
+@dataclass
 class Config:
     loop: LoopConfig = field(default_factory=LoopConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    target: TargetConfig | None = None  # None: this project's own workspace (train.py + prepare.py)
 
     def effective_pipeline(self) -> bool:
         """Pipelining pays where proposing takes time (an LLM); the heuristic is instant."""
@@ -159,7 +178,17 @@ class Config:
         d["agent"]["name"] = self.agent.effective_name()
         d["loop"]["pipeline"] = self.effective_pipeline()
         d["notify"]["urls"] = [redact_url(u) for u in self.notify.effective_urls()]  # tokens stay out of state.json
+        if self.target is None:
+            del d["target"]
         return d
+
+    @property
+    def metric(self) -> str:
+        return self.target.metric if self.target else "val_bpb"
+
+    @property
+    def direction(self) -> str:
+        return self.target.direction if self.target else "min"
 
 
 def _check_value(where: str, key: str, value: Any, hint: Any) -> Any:
@@ -232,6 +261,8 @@ def validate(config: Config) -> None:
     for module in loop.warm_imports:
         if not all(part.isidentifier() for part in module.split(".")):
             raise ConfigError(f"[loop] warm_imports must list module names, not {module[:60]!r}")
+    if config.target is not None:
+        _validate_target(config.target)
     if loop.agent_timeout <= 0:
         raise ConfigError("agent_timeout must be a positive number of seconds")
     if loop.confirm_runs < 0 or loop.remeasure_every < 0:
@@ -298,6 +329,26 @@ def _validate_notify(notify: NotifyConfig) -> None:
                 raise ConfigError(f"{where}: entry {i}: {problem}")
 
 
+def _validate_target(t: TargetConfig) -> None:
+    where = f"{CONFIG_FILENAME}: [target]"
+    if t.direction not in ("min", "max"):
+        raise ConfigError(f'{where} direction must be "min" or "max", not {t.direction!r}')
+    if not t.run.strip():
+        raise ConfigError(f"{where} run must be a command")
+    if t.metric_regex is not None and t.metric_json is not None:
+        raise ConfigError(f"{where} metric_regex and metric_json: choose one way to read the metric")
+    if t.metric_regex is not None:
+        try:
+            if re.compile(t.metric_regex).groups < 1:
+                raise ConfigError(f"{where} metric_regex needs a group around the number")
+        except re.error as e:
+            raise ConfigError(f"{where} metric_regex is not a regular expression: {e}") from None
+    if t.metric_json is not None and (Path(t.metric_json).is_absolute() or ".." in Path(t.metric_json).parts):
+        raise ConfigError(f"{where} metric_json must be a path inside the run's scratch directory")
+    if t.guard_timeout <= 0:
+        raise ConfigError(f"{where} guard_timeout must be a positive number of seconds")
+
+
 def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then <repo>/autoresearch.toml, then overrides like {"loop.budget_seconds": 30}."""
     config = Config()
@@ -308,9 +359,11 @@ def load_config(repo: Path | str, overrides: dict[str, Any] | None = None) -> Co
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{CONFIG_FILENAME} is malformed: {e}") from None
         for section, values in data.items():
-            if section not in ("loop", "agent", "notify") or not isinstance(values, dict):
+            if section not in ("loop", "agent", "notify", "target") or not isinstance(values, dict):
                 raise ConfigError(f"{CONFIG_FILENAME}: unknown section [{section}] "
-                                  "(expected [loop], [agent] or [notify])")
+                                  "(expected [loop], [agent], [notify] or [target])")
+            if section == "target":
+                config.target = TargetConfig()
             _apply(getattr(config, section), section, values, CONFIG_FILENAME)
     for dotted, value in (overrides or {}).items():
         if value is None:

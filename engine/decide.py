@@ -65,6 +65,7 @@ class Decision:
     delta: float  # mean of its runs - best (negative is better)
     threshold: float  # how much lower than the best the mean had to be
     forced: bool = False
+    reason: str | None = None  # why not, when it is not what the numbers say (a failed guard)
 
 
 def thresholds(decision: str, min_delta: float, noise_k: float, noise: float, runs: int,
@@ -80,14 +81,19 @@ def thresholds(decision: str, min_delta: float, noise_k: float, noise: float, ru
 
 
 def decide(runs: list[float], best: float, *, decision: str, min_delta: float, noise_k: float, noise: float,
-           best_runs: int = 1, confirm_runs: int = 0, forced: bool = False) -> Decision:
+           best_runs: int = 1, confirm_runs: int = 0, forced: bool = False, direction: str = "min") -> Decision:
     """Keep a change only when every one of its runs, and their mean, beat the best.
 
     "noise": by more than k standard deviations of the difference (and ``min_delta``).
-    "strict": Karpathy's rule, strictly lower. A change that passes with fewer than
+    "strict": Karpathy's rule, strictly better. A change that passes with fewer than
     1 + ``confirm_runs`` runs is a candidate ("confirm"): it is measured again before
-    anything is kept. ``forced`` (a human's keep) keeps whatever the numbers.
+    anything is kept. ``forced`` (a human's keep) keeps whatever the numbers. With
+    ``direction`` "max" higher is better; ``delta`` is always mean - best.
     """
+    if direction == "max":  # decide on the negated numbers: lower is better there
+        d = decide([-x for x in runs], -best, decision=decision, min_delta=min_delta, noise_k=noise_k, noise=noise,
+                   best_runs=best_runs, confirm_runs=confirm_runs, forced=forced)
+        return Decision(d.status, -d.delta, d.threshold, d.forced)
     mean = statistics.fmean(runs)
     delta = mean - best
     single, bar = thresholds(decision, min_delta, noise_k, noise, len(runs), best_runs)

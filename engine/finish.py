@@ -15,7 +15,7 @@ import time
 
 from .control import refused
 from .decide import Decision, decide, noise_for_decisions
-from .results import METRIC, Result, estimate_baseline
+from .results import Result, estimate_baseline
 from .session import Session
 from .steering import acknowledge
 from .trial import Outcome
@@ -27,7 +27,7 @@ def judge(s: Session, runs: list[float]) -> Decision:
     f = s.flight
     return decide(runs, s.standing.best.metric, decision=loop.decision, min_delta=loop.min_delta,
                   noise_k=loop.noise_k, noise=decision_noise(s), best_runs=s.standing.best_runs,
-                  confirm_runs=loop.confirm_runs, forced=bool(f and f.keep))
+                  confirm_runs=loop.confirm_runs, forced=bool(f and f.keep), direction=s.config.direction)
 
 
 def decision_noise(s: Session) -> float:
@@ -71,6 +71,7 @@ def finish(s: Session, draft: Result, outcomes: list[Outcome], decision: Decisio
         draft.error = s.killed_reason()
     else:
         status = decision.status
+        draft.error = decision.reason or draft.error
         noise = s.standing.noise()
         draft.delta, draft.threshold, draft.forced = decision.delta, decision.threshold, decision.forced
         draft.noise, draft.noise_dof = round(decision_noise(s), 6), noise.dof
@@ -96,7 +97,7 @@ def finish(s: Session, draft: Result, outcomes: list[Outcome], decision: Decisio
 
     if draft.baseline and not draft.remeasure and status not in ("baseline", "skipped", "interrupted") \
             and not s.standing.baseline:
-        s.fatal(f"the unmodified train.py failed its baseline run ({status}): see {s.rd.experiment(n) / 'run.log'}")
+        s.fatal(f"the unmodified code failed its baseline run ({status}): see {s.rd.experiment(n) / 'run.log'}")
         return "fatal"
     return "recorded"
 
@@ -106,6 +107,7 @@ def _fill_measurements(draft: Result, outcomes: list[Outcome], scored: list[Outc
     first = outcomes[0]
     draft.error = first.error if first.status != "ok" else None
     draft.train_spans = [o.span for o in outcomes if o.span]
+    draft.self_reported = any(o.self_reported for o in outcomes)
     draft.summary = (scored[-1] if scored else first).summary
     if first.log_tail:
         draft.log_tail = first.log_tail
@@ -126,7 +128,7 @@ def _fill_measurements(draft: Result, outcomes: list[Outcome], scored: list[Outc
 
 
 def say_result(s: Session, r: Result) -> None:
-    metric = f"{METRIC} {r.metric:.6f}" if r.scored else f"{METRIC} -"
+    metric = f"{r.metric_name} {r.metric:.6f}" if r.scored else f"{r.metric_name} -"
     if len(r.runs) > 1:
         metric += f" (mean of {len(r.runs)} runs)"
     extra = ""

@@ -17,7 +17,9 @@ from . import rundir
 from .results import Result, State
 from .rundir import RunDir
 
-TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+def tsv_header(metric: str = "val_bpb") -> str:
+    """Karpathy's five columns; the second is named after the metric."""
+    return f"commit\t{metric}\tmemory_gb\tstatus\tdescription\n"
 HEARTBEAT_SECONDS = 2.0
 
 
@@ -39,8 +41,9 @@ class Journal:
     events and the state snapshot are best-effort: when they fail (a full disk), the
     failure is kept in ``write_error`` for the loop to pause on, and nothing is raised."""
 
-    def __init__(self, rd: RunDir):
+    def __init__(self, rd: RunDir, metric: str = "val_bpb"):
         self.rd = rd
+        self.metric = metric
         self._lock = threading.RLock()
         self.state = State()
         self._last_heartbeat = 0.0
@@ -55,7 +58,7 @@ class Journal:
         rundir.repair_jsonl(self.rd.events_jsonl)
         results = self.rd.read_results()
         try:  # derived from results.jsonl: a full disk must not stop a restart
-            rundir.atomic_write_text(self.rd.results_tsv, TSV_HEADER + "".join(tsv_row(r) for r in results))
+            rundir.atomic_write_text(self.rd.results_tsv, tsv_header(self.metric) + "".join(tsv_row(r) for r in results))
         except OSError as e:
             self.write_error = f"could not rebuild results.tsv: {e.strerror or e}"
         self.state = self.rd.read_state()

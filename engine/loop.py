@@ -48,6 +48,7 @@ from .results import Result
 from .runner import KILL_GRACE_SECONDS
 from .session import Flight, Session
 from .startup import close_tag, open_tag, record_interrupted_flight
+from .target import run_guard
 from .trial import Outcome, run_trial
 from .warm import discard_warm
 
@@ -173,7 +174,8 @@ class Engine:
         t0 = time.monotonic()
         with s.ctl:
             s.flight = Flight(n, baseline or remeasure is not None, started)
-        draft = Result(n=n, status="", baseline=baseline or remeasure is not None, remeasure=remeasure is not None,
+        draft = Result(n=n, status="", metric_name=s.config.metric, baseline=baseline or remeasure is not None,
+                       remeasure=remeasure is not None,
                        started_at=started, parent=s.best_commit(), sandbox=s.sandbox.describe(), budget=s.budget,
                        load_avg=_load_average())
         timings: dict[str, float] = {}
@@ -185,14 +187,14 @@ class Engine:
                 runs = s.config.loop.baseline_runs
                 series = s.standing.series_open and s.standing.baseline_budget in (None, s.budget)
                 k = s.standing.baseline_attempts + 1 if series else 1
-                draft.description = f"baseline: unmodified train.py (run {k} of {runs})"
-                draft.hypothesis = "Measure the unmodified train.py to set the reference and estimate run-to-run noise."
+                what = "train.py" if s.config.target is None else ", ".join(s.config.loop.mutable)
+                draft.description = f"baseline: unmodified {what} (run {k} of {runs})"
+                draft.hypothesis = f"Measure the unmodified {what} to set the reference and estimate run-to-run noise."
             elif remeasure is not None:
                 draft.description = f"re-measure the best (#{s.standing.best.n:04d}): {remeasure}"
                 draft.hypothesis = ("Measure the current best again, unchanged, so that a change in the machine "
                                     "(its load, its clock) does not pass for a change in the model.")
             else:
-                s.set_phase("proposing")
                 asked, metadata, known_problems = self._proposal(draft)
                 timings["agent"] = round(time.monotonic() - t0, 3)
                 if asked.outcome in ("retry", "stopped"):
@@ -226,13 +228,15 @@ class Engine:
         s = self.s
         pending, self.next = self.next, None
         if pending is not None:
+            s.set_phase("proposing")
             pending.draft.started_at, pending.draft.parent = draft.started_at, draft.parent
             pending.draft.budget, pending.draft.load_avg = draft.budget, draft.load_avg
             asked, metadata, problems = pending.take(s)
             _copy_proposal(pending.draft, draft)
             if asked.outcome != "dropped":
                 return asked, metadata, problems
-        metadata = GitMetadata(s.wt.repo)
+        metadata = GitMetadata(s.wt.repo)  # before the phase says so: a note sent from then on is for this one
+        s.set_phase("proposing")
         return propose(s, draft), metadata, []
 
     def _start_next_proposal(self, draft: Result, exp_dir: Path) -> None:
@@ -254,8 +258,15 @@ class Engine:
         s = self.s
         outcomes = [run_trial(s, draft.n, draft.commit, exp_dir, timings, holdout=draft.baseline)]
         decision = None
+        guarded = False
         while not draft.baseline and outcomes[-1].status == "ok":
             decision = judge(s, [o.metric for o in outcomes])
+            if decision.status in ("confirm", "keep") and not guarded:
+                guarded = True  # a [target]'s guard must pass before anything is kept
+                why = run_guard(s, draft.commit, exp_dir / "run.log")
+                if why:
+                    decision = Decision("discard", decision.delta, decision.threshold, reason=why)
+                    break
             if decision.status != "confirm" or s.should_kill():
                 break
             s.journal.event("measurement", n=draft.n, run=len(outcomes), metric=outcomes[-1].metric)

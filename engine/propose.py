@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .agents.base import AgentError, CostCapReached, ProposalContext, Usage
+from .agents.base import AgentError, CostCapReached, Goal, ProposalContext, Usage
 from .results import Result
 from .session import Session
 from .untrusted import bound_tail, strip_control
@@ -69,6 +69,7 @@ class Asking:
             on_process_group=lambda pgid: s.journal.update_state(agent_pgid=pgid),
             in_flight=in_flight,
             in_flight_diff=in_flight_diff,
+            goal=goal_of(s.config),
         )
         self._box: dict[str, Any] = {}
         self.started = time.monotonic()
@@ -149,6 +150,15 @@ class Asking:
         s.journal.event("proposal", n=n, hypothesis=draft.hypothesis, description=draft.description,
                         agent=draft.agent)
         return Asked("ok")
+
+
+def goal_of(config) -> Goal:
+    """What the agent is told it is optimising: the target in force."""
+    t = config.target
+    if t is None:
+        return Goal()
+    measured_by = f"the trusted command `{t.evaluate}`" if t.evaluate else "what the run prints (self-reported)"
+    return Goal(metric=t.metric, direction=t.direction, measured_by=measured_by, guard=t.guard)
 
 
 def _budget(s: Session) -> float | None:

@@ -41,9 +41,9 @@ NOT_MEASURED = frozenset({"skipped", "rejected", "interrupted"})
 # Statuses shown to an agent as "broke or was refused".
 BROKE_OR_REFUSED = FAILED | {"rejected", "interrupted"}
 # Phases in which an experiment is in flight: skip and force-keep apply.
-IN_FLIGHT_PHASES = ("checking", "running", "evaluating", "confirming")
+IN_FLIGHT_PHASES = ("checking", "running", "evaluating", "guarding", "confirming")
 # Phases after which a killed engine leaves an experiment to be recorded as interrupted.
-INTERRUPTIBLE_PHASES = ("checking", "running", "evaluating", "confirming", "deciding")
+INTERRUPTIBLE_PHASES = ("checking", "running", "evaluating", "guarding", "confirming", "deciding")
 
 
 def experiment_ref(tag: str, n: int) -> str:
@@ -108,6 +108,7 @@ class Result:
     load_avg: float | None = None  # the machine's 1-minute load average when it started
     rebased: bool = False  # a pipelined proposal applied on a best that moved while it was written
     train_spans: list[list[float]] = field(default_factory=list)  # [start, end] (unix s) of each training process
+    self_reported: bool = False  # the metric is what the run printed, not a trusted evaluation
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @property
@@ -172,6 +173,7 @@ class Result:
             num_steps=d.get("num_steps") if isinstance(d.get("num_steps"), int) else None,
             load_avg=_opt_float(d.get("load_avg")),
             rebased=d.get("rebased") is True,
+            self_reported=d.get("self_reported") is True,
             train_spans=[[float(a), float(b)] for a, b in (x for x in d.get("train_spans") or []
                                                              if isinstance(x, list) and len(x) == 2
                                                              and is_number(x[0]) and is_number(x[1]))],

@@ -18,21 +18,24 @@ from .lock import holder_pid, is_locked
 from .rundir import RunDir, list_tags
 
 REQUIRED_FILES = ("train.py", "prepare.py", "program.md")
+TARGET_REQUIRED_FILES = ("program.md",)  # a [target] brings its own run command and metric
 
 
-def resolve_repo(path: str | Path, require_files: bool = True) -> Path:
-    """The repository's top level, after checking it can host a run."""
+def resolve_repo(path: str | Path, require_files: bool = True, target: bool = False) -> Path:
+    """The repository's top level, after checking it can host a run (of this workspace,
+    or of a [target], which needs only program.md)."""
     repo = gitops.open_repo(Path(path).expanduser())
     root = Path(repo.working_tree_dir).resolve()
     if not require_files:
         return root
-    missing = [f for f in REQUIRED_FILES if not (root / f).is_file()]
+    required = TARGET_REQUIRED_FILES if target else REQUIRED_FILES
+    missing = [f for f in required if not (root / f).is_file()]
     if missing:
         raise UsageError(f"{root} has no {', '.join(missing)}: an autoresearch repository needs "
-                         f"{', '.join(REQUIRED_FILES)}")
+                         f"{', '.join(required)}")
     if not gitops.has_commits(repo):
-        raise UsageError(f"{root} has no commits yet: commit {', '.join(REQUIRED_FILES)} first")
-    uncommitted = [f for f in REQUIRED_FILES if not gitops.is_tracked_at_head(repo, f)]
+        raise UsageError(f"{root} has no commits yet: commit {', '.join(required)} first")
+    uncommitted = [f for f in required if not gitops.is_tracked_at_head(repo, f)]
     if uncommitted:
         raise UsageError(f"{', '.join(uncommitted)} not committed: a run starts from HEAD, so commit first")
     return root

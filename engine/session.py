@@ -80,7 +80,7 @@ class Session:
         self.agent_stop_wait = agent_stop_wait  # on stop, how long a thinking agent may finish
         self._out = out
         self.rd = RunDir.for_tag(self.repo_path, self.tag)
-        self.journal = Journal(self.rd)
+        self.journal = Journal(self.rd, config.metric)
         self.lock = EngineLock(self.rd.lock, self.tag)
         self.budget = config.loop.effective_budget()
         self.timeout = config.loop.effective_timeout()

@@ -68,9 +68,11 @@ def open_tag(s: Session) -> ControlServer:
     if s.lock.took_over_pid:
         s.say(f"took over a stale lock left by pid {s.lock.took_over_pid}")
 
-    _ensure_prepared(s)
+    if s.config.target is None:  # this workspace: its data cache and its trusted scorer
+        _ensure_prepared(s)
     _check_fingerprint_on_start(s)
-    _install_scorer(s)
+    if s.config.target is None:
+        _install_scorer(s)
     s.data_stamp = data_stamp()
     s.streak_from = len(s.results)
     return server

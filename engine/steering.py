@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 from .control import accepted, refused
-from .results import METRIC
 from .session import Session
 from .untrusted import strip_control
 
@@ -74,7 +73,7 @@ def _keep(s: Session, text: str | None) -> dict[str, Any]:
     if f.baseline:
         return refused(f"experiment #{f.n:04d} is a baseline run: there is no change to keep")
     f.keep = True
-    return accepted(f"will keep experiment #{f.n:04d} if it finishes with a {METRIC}")
+    return accepted(f"will keep experiment #{f.n:04d} if it finishes with a {s.config.metric}")
 
 
 def _stop(s: Session, text: str | None) -> dict[str, Any]:

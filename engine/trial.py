@@ -32,6 +32,7 @@ from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import METRIC, is_number
 from .runner import ProcessResult, minimal_env, spawn, supervise, terminate_group
 from .session import Session
+from .target import metric_from, run_evaluate
 from .untrusted import strip_control
 from .warm import take_slot, warm_next
 
@@ -54,6 +55,7 @@ class Outcome:
     log_tail: list[str] | None = None
     holdout: float | None = None  # holdout_bpb, when the run was scored on the holdout slice too
     span: list[float] | None = None  # [start, end] of its training process, unix seconds
+    self_reported: bool = False  # the number is what the run printed (a [target] without evaluate)
     tokens_per_sec: float | None = None
     num_steps: int | None = None
 
@@ -99,11 +101,12 @@ def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str,
             f.write(f"\n=== autoresearch: confirmation run {run} ===\n".encode())
     hide = hidden_paths()
     slot = take_slot(s, hide)
-    scorer = Scorer(s, slot, exp_dir, hide, holdout)
+    scorer = Scorer(s, slot, exp_dir, hide, holdout) if s.config.target is None else None
     try:
         return _train_and_score(s, slot, scorer, commit, exp_dir, timings, run, hide)
     finally:
-        scorer.cancel()
+        if scorer is not None:
+            scorer.cancel()
         slot.hand_over(exp_dir)
         shutil.rmtree(exp_dir / "src", ignore_errors=True)
 
@@ -188,7 +191,7 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
 
     def tick() -> None:
         s.tick()
-        if time.monotonic() - released >= s.budget - SCORER_LEAD:
+        if scorer is not None and time.monotonic() - released >= s.budget - SCORER_LEAD:
             scorer.start()  # hide the model servers' start-up behind the last steps
 
     trained = _supervise(s, proc, log, limit, tick)  # the budget's clock starts at the release
@@ -209,6 +212,8 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         return Outcome(s.killed_status(), error=s.killed_reason(), **base)
     if failure:
         return Outcome(failure, error=failure_message(s, failure, trained, limit), log_tail=trained.tail[-30:], **base)
+    if scorer is None:
+        return _target_metric(s, slot, trained, log, timings, run, base)
     ckpt = slot.scratch / "checkpoint.pt"
     if ckpt.is_symlink() or not ckpt.is_file():
         return Outcome("crash", error="train.py exited 0 but wrote no checkpoint file to $AUTORESEARCH_CHECKPOINT",
@@ -244,6 +249,34 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         return Outcome("crash", error=f"eval.json has no numeric {METRIC}", log_tail=ev.tail[-30:], **base)
     held = data.get("holdout_bpb")
     return Outcome("ok", metric=float(value), holdout=float(held) if is_number(held) else None, **base)
+
+
+def _target_metric(s: Session, slot, trained: ProcessResult, log: Path, timings: dict[str, float], run: int,
+                   base: dict) -> Outcome:
+    """A [target]'s metric: from its trusted evaluate command, or self-reported by the run."""
+    t = s.config.target
+    output = trained
+    if t.evaluate:
+        if run == 1:
+            s.set_phase("evaluating")
+        with open(log, "ab") as f:
+            f.write(f"\n=== autoresearch: evaluation ({t.evaluate}) ===\n".encode())
+        output = run_evaluate(s, slot.src, slot.scratch, log, s.should_kill)
+        output.tail = [strip_control(line)[:500] for line in output.tail]
+        timings["eval"] = round(timings.get("eval", 0.0) + output.wall_seconds, 3)
+        failure = classify_failure(output)
+        if failure == "killed":
+            return Outcome(s.killed_status(), error=s.killed_reason(), **base)
+        if failure:
+            status = failure if failure in ("oom", "timeout", "hang") else "crash"
+            return Outcome(status, error=f"evaluation failed: {failure_message(s, failure, output, s.timeout)}",
+                           log_tail=output.tail[-30:], **base)
+    value = metric_from(t, output, slot.scratch)
+    if value is None:
+        where = f"{t.metric_json} (key {t.metric})" if t.metric_json else (
+            f"the output (regex {t.metric_regex})" if t.metric_regex else f"a `{t.metric}: value` line after ---")
+        return Outcome("crash", error=f"no numeric {t.metric} in {where}", log_tail=output.tail[-30:], **base)
+    return Outcome("ok", metric=value, self_reported=not t.evaluate, **base)
 
 
 def failure_message(s: Session, status: str, run: ProcessResult, limit: float) -> str:

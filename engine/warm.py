@@ -55,31 +55,50 @@ class Slot:
         self.src.mkdir(parents=True)
         for sub in ("tmp", "home"):
             (self.scratch / sub).mkdir(parents=True)
-        cache = cache_dir()
-        hidden = hide + [str(p) for p in cache.iterdir() if p.name not in TRAINING_DATA]
-        jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": self.src, "/data": cache}, rw={"/scratch": self.scratch},
-                                             hide=hidden))
+        ro: dict[str, Path] = {"/work": self.src}
+        hidden = list(hide)
+        target = s.config.target
+        if target is None:  # this workspace: training reads the data cache's training split
+            cache = cache_dir()
+            ro["/data"] = cache
+            hidden += [str(p) for p in cache.iterdir() if p.name not in TRAINING_DATA]
+        jail = s.sandbox.jail(sandbox.Mounts(ro=ro, rw={"/scratch": self.scratch}, hide=hidden))
         env = minimal_env({
-            "AUTORESEARCH_CACHE": jail.path("/data"),
             "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}",
+            "AUTORESEARCH_SCRATCH": jail.path("/scratch"),
             "AUTORESEARCH_CHECKPOINT": jail.path("/scratch/checkpoint.pt"),
             "TMPDIR": jail.path("/scratch/tmp"),
             "HOME": jail.path("/scratch/home"),
+            **({"AUTORESEARCH_CACHE": jail.path("/data")} if target is None else {}),
         })
-        stub = WARM_STUB.replace("MODULES", repr(list(s.config.loop.warm_imports)))
-        self.launch = jail.launch([jail.python, "-c", stub], env=env, cwd="/work")
+        env["PATH"] = with_python_on_path(jail, env.get("PATH", ""))
+        # `python train.py` can start warm (the stub runs it); any other command starts at its release.
+        self.warm = target is None or target.run.split() == ["python", "train.py"]
+        if self.warm:
+            stub = WARM_STUB.replace("MODULES", repr(list(s.config.loop.warm_imports)))
+            argv = [jail.python, "-c", stub]
+        else:
+            argv = ["/bin/sh", "-c", target.run]
+        self.launch = jail.launch(argv, env=env, cwd="/work")
         self.hide = hide
-        self.proc = spawn(self.launch.argv, cwd=Path(self.launch.cwd), env=self.launch.env, stdin=subprocess.PIPE)
         self.kill_grace = s.kill_grace
+        self.proc = self._spawn() if self.warm else None
+
+    def _spawn(self) -> subprocess.Popen:
+        return spawn(self.launch.argv, cwd=Path(self.launch.cwd), env=self.launch.env,
+                     stdin=subprocess.PIPE if self.warm else subprocess.DEVNULL)
 
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc is None or self.proc.poll() is None
 
     def release(self, s: Session, commit: str) -> subprocess.Popen:
         """Put the commit's files in place, wait until the process has started (a cold slot
         is still importing torch: that is start-up, not training), and let it run them."""
         s.wt.export(commit, self.src)
+        if not self.warm:
+            self.proc = self._spawn()  # a command of the target's own: its clock starts now
+            return self.proc
         self._wait_ready(s)
         try:
             self.proc.stdin.write(b"go\n")
@@ -117,12 +136,19 @@ class Slot:
         return src, scratch
 
     def discard(self) -> None:
-        if self.alive:
-            terminate_group(self.proc, self.kill_grace)
-        self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                terminate_group(self.proc, self.kill_grace)
+            self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def with_python_on_path(jail: sandbox.Jail, path: str) -> str:
+    """PATH for a command in the sandbox: the interpreter's own directory first (a venv is
+    seen at another path inside, so the host's PATH entry for it would point nowhere)."""
+    return os.pathsep.join([os.path.dirname(jail.python), *[p for p in path.split(os.pathsep) if p]])
 
 
 def take_slot(s: Session, hide: list[str]) -> Slot:
@@ -138,7 +164,11 @@ def take_slot(s: Session, hide: list[str]) -> Slot:
 def warm_next(s: Session, hide: list[str]) -> None:
     """Start the process for the next training now, while this experiment is evaluated."""
     if s.warm_slot is None and not s.stopping:
-        s.warm_slot = Slot(s, hide)
+        slot = Slot(s, hide)
+        if slot.warm:
+            s.warm_slot = slot
+        else:
+            slot.discard()  # a target's own command cannot wait: it starts cold
 
 
 def discard_warm(s: Session) -> None:

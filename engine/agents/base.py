@@ -15,6 +15,24 @@ from typing import Any, Callable, Protocol
 from ..results import Best, Result
 
 
+@dataclass(frozen=True)
+class Goal:
+    """What the experiments are scored on: the agent is told this, not assumed to know it."""
+
+    metric: str = "val_bpb"
+    direction: str = "min"  # "min": lower is better; "max": higher is better
+    measured_by: str = "the immutable evaluator in prepare.py"
+    guard: str | None = None  # a command that must pass before a change can be kept
+
+    @property
+    def better(self) -> str:
+        return "lower" if self.direction == "min" else "higher"
+
+    @property
+    def improve(self) -> str:
+        return "lower" if self.direction == "min" else "raise"
+
+
 @dataclass
 class ProposalContext:
     n: int  # the experiment number this proposal becomes
@@ -31,6 +49,7 @@ class ProposalContext:
     # diff, so the agent does not propose the same thing again. None when nothing trains.
     in_flight: Result | None = None
     in_flight_diff: str = ""
+    goal: Goal = field(default_factory=Goal)
     # Stream agent text as it arrives (the engine writes it to events.jsonl).
     emit: Callable[[str], None] = field(default=lambda text: None)
     # US dollars this proposal may still spend: the run's max_cost minus what the run

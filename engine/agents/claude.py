@@ -509,7 +509,7 @@ class ClaudeAgent:
         system = [
             {
                 "type": "text",
-                "text": prompt.system_prompt(context.program, context.mutable),
+                "text": prompt.system_prompt(context.program, context.mutable, goal=context.goal),
                 "cache_control": {"type": "ephemeral"},
             }
         ]

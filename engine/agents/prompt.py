@@ -20,7 +20,7 @@ from typing import Any
 
 from ..results import BROKE_OR_REFUSED, Result, Standing
 from ..untrusted import fence_untrusted, strip_control
-from .base import ProposalContext
+from .base import Goal, ProposalContext
 
 # Bounds that keep one prompt to a few tens of thousands of tokens.
 MAX_FILE_CHARS = 120_000  # per mutable file shown in the prompt
@@ -32,14 +32,14 @@ MAX_TEXT = 300  # a description or hypothesis quoted in the history
 
 ROLE = """\
 You are the research agent of an autonomous research loop. For each experiment you make
-ONE focused change to the mutable files ({mutable}). The engine then commits it, trains
-the model for a fixed time budget, measures val_bpb (validation bits per byte, lower is
-better) with the immutable evaluator in prepare.py, and keeps the change only if it beats
-the best result by more than the measured noise; otherwise the change is reverted.
+ONE focused change to the mutable files ({mutable}). The engine then commits it, runs it
+for a fixed time budget, measures {metric} ({better} is better) with {measured_by}, and
+keeps the change only if it beats the best result by more than the measured noise (on a
+confirmation run too){guard}; otherwise the change is reverted.
 
 Rules:
-- Change only {mutable}. Never touch prepare.py, the data or the evaluator: such changes
-  are rejected. Do not add packages.
+- Change only {mutable}. Never touch anything else (the evaluator, the data, the tests):
+  such changes are rejected. Do not add packages.
 - You cannot run code, tests, git or a shell: the engine runs and measures everything.
 - One idea per experiment, small and reviewable. Prefer simple code: a tiny gain that
   adds ugly code is not worth it; a gain from deleting code is.
@@ -53,7 +53,7 @@ TOOLS_HOWTO = """\
 Work with the tools: read_file and read_history to look, replace (an exact snippet that
 occurs once) or write_file to change a file, then call submit(hypothesis, description)
 exactly once to finish. The hypothesis says in a few sentences why the change should
-lower val_bpb; the description is one line of at most 80 characters.
+{improve} {metric}; the description is one line of at most 80 characters.
 """
 
 COMMAND_HOWTO = """\
@@ -61,10 +61,10 @@ You are running in the experiment's git worktree. Edit {mutable} in place, then 
 Do not run git and do not start training: the engine does both after you exit.
 Report your change in ONE of these ways (the first one found is used):
 1. write .autoresearch-proposal.json in the current directory:
-   {{"hypothesis": "why this should lower val_bpb", "description": "one line"}}
+   {{"hypothesis": "why this should {improve} {metric}", "description": "one line"}}
 2. write HYPOTHESIS.md: its first line is the description, the whole text the hypothesis
 3. end your output with two lines:
-   HYPOTHESIS: why this should lower val_bpb
+   HYPOTHESIS: why this should {improve} {metric}
    DESCRIPTION: one line
 """
 
@@ -75,12 +75,14 @@ def clip(text: Any, limit: int = MAX_TEXT) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def system_prompt(program: str, mutable: list[str], tools: bool = True) -> str:
+def system_prompt(program: str, mutable: list[str], tools: bool = True, goal: Goal = Goal()) -> str:
     """The static prefix: role and rules, how to work, then program.md verbatim."""
     names = ", ".join(mutable)
-    howto = TOOLS_HOWTO if tools else COMMAND_HOWTO.format(mutable=names)
+    words = dict(metric=goal.metric, improve=goal.improve, better=goal.better, measured_by=goal.measured_by,
+                 guard=f", and only if `{goal.guard}` still passes" if goal.guard else "")
+    howto = TOOLS_HOWTO.format(**words) if tools else COMMAND_HOWTO.format(mutable=names, **words)
     return (
-        ROLE.format(mutable=names)
+        ROLE.format(mutable=names, **words)
         + "\n"
         + howto
         + "\n# Research instructions (program.md, written by the human)\n\n"
@@ -100,7 +102,8 @@ def _delta(value: Any) -> str:
 def history_line(r: Result, with_hypothesis: bool = True) -> str:
     """One experiment as one or two short lines."""
     forced = " (forced)" if r.forced else ""
-    line = f"#{r.n:04d} {r.status:<11} val_bpb {_metric(r.metric)} {_delta(r.delta):>10}{forced}  {clip(r.description)}"
+    line = (f"#{r.n:04d} {r.status:<11} {r.metric_name} {_metric(r.metric)} {_delta(r.delta):>10}{forced}  "
+            f"{clip(r.description)}")
     hyp = clip(r.hypothesis, 200) if with_hypothesis else ""
     return line.rstrip() + (f"\n      why: {hyp}" if hyp else "")
 
@@ -124,11 +127,11 @@ def running_summary(history: list[Result]) -> str:
     lines = [f"{len(history)} experiments: " + ", ".join(f"{v} {k}" for k, v in sorted(standing.counts.items()))]
     if standing.baseline:
         b = standing.baseline
-        lines.append(f"Baseline val_bpb {b.metric:.6f}, noise {b.noise:.6f} over {b.runs} run(s).")
+        lines.append(f"Baseline {history[0].metric_name} {b.metric:.6f}, noise {b.noise:.6f} over {b.runs} run(s).")
     if standing.best:
         best = standing.best
         about = next((r.description for r in history if r.n == best.n), "")
-        lines.append(f"Best so far: val_bpb {best.metric:.6f} at #{best.n} ({clip(about, 120)}).")
+        lines.append(f"Best so far: {history[0].metric_name} {best.metric:.6f} at #{best.n} ({clip(about, 120)}).")
 
     def group(title: str, records: list[Result], show_status: bool = False) -> None:
         if not records:
@@ -187,9 +190,22 @@ def notes_text(notes: list[str]) -> str:
     return "\n".join(f"- {strip_control(n).strip()[:MAX_NOTE_CHARS]}" for n in kept)
 
 
+def mutable_files(context: ProposalContext) -> list[str]:
+    """The mutable files that exist now (entries of ``mutable`` may be globs or folders/)."""
+    found: list[str] = []
+    for pattern in context.mutable:
+        if any(ch in pattern for ch in "*?[") or pattern.endswith("/"):
+            glob = pattern + "**/*" if pattern.endswith("/") else pattern
+            found += sorted(p.relative_to(context.worktree).as_posix() for p in context.worktree.glob(glob)
+                            if p.is_file() and ".git" not in p.relative_to(context.worktree).parts)
+        else:
+            found.append(pattern)
+    return list(dict.fromkeys(found))
+
+
 def files_text(context: ProposalContext) -> str:
     blocks = []
-    for rel in context.mutable:
+    for rel in mutable_files(context):
         try:
             text = context.read(rel)
         except (OSError, UnicodeDecodeError) as e:
@@ -206,7 +222,7 @@ def user_prompt(context: ProposalContext, include_files: bool = True) -> str:
     """The per-experiment part of the prompt."""
     sections = [f"# Experiment {context.n}"]
     if context.best:
-        sections.append(f"Current best val_bpb: {context.best.metric:.6f} (experiment #{context.best.n}).")
+        sections.append(f"Current best {context.goal.metric}: {context.best.metric:.6f} (experiment #{context.best.n}).")
     if context.notes and any(n.strip() for n in context.notes):
         sections.append(
             "## Notes from the human running this loop\nThey come from the person you work for: "
@@ -221,11 +237,12 @@ def user_prompt(context: ProposalContext, include_files: bool = True) -> str:
         sections.append("## The mutable files as they are now (the current best)\n\n" + files_text(context))
     sections.append(
         "Propose the next experiment: one focused change to the mutable files "
-        "that you expect to lower val_bpb."
+        f"that you expect to {context.goal.improve} {context.goal.metric}."
     )
     return "\n\n".join(sections)
 
 
 def command_prompt(context: ProposalContext) -> str:
     """The whole prompt for an agent CLI, given on its stdin."""
-    return system_prompt(context.program, context.mutable, tools=False) + "\n\n" + user_prompt(context)
+    return (system_prompt(context.program, context.mutable, tools=False, goal=context.goal) + "\n\n"
+            + user_prompt(context))
