@@ -131,6 +131,14 @@ def test_status_and_history_of_a_finished_run(repo, capsys):
     assert [x["status"] for x in records] == ["baseline", "keep", "crash"]
 
 
+def test_history_into_a_pipe_that_closes_early_is_quiet(repo):
+    run_engine(repo, [{"set": {"LR": 0.02}}], loop__max_experiments=3, loop__baseline_runs=1)
+    for command in ("history", "status"):
+        done = subprocess.run(f"{sys.executable} -m autoresearch --repo {repo} {command} | head -1", shell=True,
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
 def test_ctl_and_status_against_a_live_engine(repo, background, capsys):
     bg = background(make_engine(repo, [{"sleep": 30}], loop__baseline_runs=1))
     bg.wait_for(lambda: bg.phase_is("proposing", 2), why="proposing")

@@ -176,3 +176,21 @@ def test_first_moves_on_the_real_train_py_are_valid():
     for m in moves:
         assert type(m.new) is type(m.old) and m.new != m.old
         assert m.name != "SEED"
+
+
+def test_an_interrupted_configuration_is_tried_again(wt):
+    """A run cut short by a stop never measured its move: the heuristic proposes it again
+    (a skipped or rejected one stays tried)."""
+    agent = HeuristicAgent(seed=0)
+    base = git(wt, "rev-parse", "HEAD")
+    history = [{"n": 1, "status": "baseline", "baseline": True, "commit": base, "parent": base, "metric": 1.0}]
+    first = agent.propose(context(wt, 2, history))
+    git(wt, "commit", "-qam", first.description)
+    moved = git(wt, "rev-parse", "HEAD")
+    git(wt, "reset", "-q", "--hard", base)
+    interrupted = history + [{"n": 2, "status": "interrupted", "commit": moved, "parent": base}]
+    again = agent.propose(context(wt, 3, interrupted))
+    assert again.description == first.description
+    git(wt, "checkout", "-q", "--", ".")
+    skipped = history + [{"n": 2, "status": "skipped", "commit": moved, "parent": base}]
+    assert agent.propose(context(wt, 3, skipped)).description != first.description

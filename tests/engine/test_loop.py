@@ -223,3 +223,14 @@ def test_untrusted_text_reaches_no_terminal_journal_or_commit_raw(repo):
                  (rd.experiment(2) / "hypothesis.md").read_text(), commit_message):
         assert "\x1b" not in text and "\\u001b" not in text and "\u202e" not in text and "\\u202e" not in text
         assert "\x07" not in text and "\\u0007" not in text
+
+
+def test_an_agent_that_takes_too_long_is_stopped_and_recorded(repo):
+    """agent_timeout holds for every agent: a stuck proposal is a crash, and the loop goes on."""
+    steps = [{"sleep": 30, "set": {"LR": 0.02}}, {"set": {"LR": 0.02}}]
+    engine = make_engine(repo, steps, loop__max_experiments=3, loop__baseline_runs=1, loop__agent_timeout=1.0)
+    engine.s.agent_stop_wait = 0.2
+    assert engine.run() == 0
+    results = engine.results
+    assert [r.status for r in results] == ["baseline", "crash", "keep"]
+    assert "agent_timeout" in results[1].error and results[1].wall_seconds < 10
