@@ -133,8 +133,9 @@ class MonitorApp(App[str | None]):
     def on_load(self) -> None:
         # Start reading at once, in parallel with building the screen, so the first
         # frame already shows the run rather than an empty layout followed by a second.
+        # The first GPU/CPU sample (NVML and psutil load: ~0.1 s of CPU that would take
+        # the GIL from the first frame) waits until just after that frame.
         self.watcher.start()
-        self.collect_stats()
 
     def live_ready(self) -> None:
         """Called once the live screen's panes exist: show what arrived meanwhile."""
@@ -149,6 +150,7 @@ class MonitorApp(App[str | None]):
         if self._last_sample is not None and live is not None:
             live.query_one(UtilPane).show(self._last_sample)
         self._arm_tick()
+        self.call_after_refresh(lambda: self.set_timer(0.05, self.collect_stats, name="first sample"))
 
     def get_default_screen(self) -> Screen:
         return LiveScreen()
@@ -277,12 +279,12 @@ class MonitorApp(App[str | None]):
         repainted."""
         self._tick_timer = None
         live = self.live
-        if live is None:
-            return
-        now = self.clock()
-        live.query_one(HypothesisPane).show(self.view, now)
-        self._show_engine(live, now)
-        self._arm_tick()
+        if live is not None:
+            now = self.clock()
+            live.query_one(HypothesisPane).show(self.view, now)
+            self._show_engine(live, now)
+        if not self._exit:
+            self._arm_tick()
 
     def idle(self) -> bool:
         """Nothing moves until someone acts: the engine is paused, stopped or gone."""
