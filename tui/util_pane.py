@@ -93,8 +93,21 @@ class UtilPane(Static):
                 out.append(f"  ({sample.cpu_count} cores)")
         out.rstrip()
         if out != self._text:
-            # The pane is as tall as its text: a layout pass only when its number of lines
-            # changes (a GPU or the training processes appear or go), not for new readings.
-            lines = out.plain.count("\n")
-            self.update(out, layout=self._text is None or lines != self._text.plain.count("\n"))
+            # The pane is as tall as its text: a layout pass only when it is not as tall as
+            # this text (a GPU or the training processes appear or go), not for new readings.
             self._text = out
+            self.update(out, layout=not self._fits())
+            self.call_after_refresh(self._heal)
+
+    def _fits(self) -> bool:
+        """Whether the pane's height is its text's (or its container's, in the tabs)."""
+        height = self.styles.height
+        if self._text is None or height is None or not height.is_auto:
+            return True
+        return self.content_region.height == self._text.plain.count("\n") + 1
+
+    def _heal(self) -> None:
+        """Once the update is on screen: if a layout pass was lost (the pane's size was
+        worked out while another widget mounted), ask for one again."""
+        if not self._fits():
+            self.refresh(layout=True)
