@@ -32,7 +32,7 @@ WAKE_EVENTS = ("modified", "created", "moved", "deleted", "closed")  # writes, n
 # the first frame for the CPU (two cores, one GIL).
 STARTUP_QUIET_S = 0.3
 BUSY_RATE = 200.0  # log lines per second: above this, batches come less often...
-FLOOD_RATE = 1000.0  # ...and above this, at flood_interval (4 a second)
+FLOOD_RATE = 1000.0  # ...and above this, at flood_interval (3 a second)
 # Each poll that finds nothing new doubles the wait before the next, up to this many
 # times the poll interval: an idle run costs a few reads a minute, and the first change
 # (or a file event) brings the interval back at once.
@@ -267,7 +267,7 @@ class RunWatcher:
         poll_interval: float = 1.0,
         fallback_poll_interval: float = 0.1,
         min_interval: float = 0.05,
-        flood_interval: float = 0.25,
+        flood_interval: float = 1 / 3,
         alive: Callable[[RunDir], bool] = engine_alive,
     ):
         self.reader = RunReader(run, alive=alive)
