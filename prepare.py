@@ -80,7 +80,7 @@ VAL_SEGMENTS = 32  # each slice is this many pieces of the validation split (512
 # of MAX_SEQ_LEN), scored separately; a request holds one window of each piece, so more pieces
 # mean fewer, larger requests
 VAL_PERCENT = 3  # --source: share of files (by stable path hash) that go to validation
-STDLIB_VAL_PERCENT = 5  # stdlib: share of test-suite files that go to validation (~1 MB)
+STDLIB_VAL_PERCENT = 5  # stdlib: share of test-suite files that go to validation (0.5 MB on 3.11)
 TEST_SUITE_DIRS = ("test", "tests", "idle_test")  # stdlib validation files live under these
 MIN_STDLIB_VAL_BYTES = 256 * 1024  # fewer test-suite bytes than this: fall back to all files
 MIN_TRAIN_BYTES = 2 * MAX_SEQ_LEN + 2  # smallest training split a loader can sample from

@@ -116,7 +116,8 @@ class AgentConfig:
     def effective_name(self) -> str:
         if self.name:
             return self.name
-        return "claude" if os.environ.get("ANTHROPIC_API_KEY") else "heuristic"
+        key = os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")
+        return "claude" if key else "heuristic"
 
 
 AGENT_NAMES = ("heuristic", "claude", "command")

@@ -76,6 +76,10 @@ def finish(s: Session, draft: Result, outcomes: list[Outcome], decision: Decisio
         draft.delta, draft.threshold, draft.forced = decision.delta, decision.threshold, decision.forced
         draft.noise, draft.noise_dof = round(decision_noise(s), 6), noise.dof
     draft.status = status
+    if draft.remeasure and status != "baseline" and "non-causal" in (draft.error or "") and best_before:
+        # The best itself was caught reading ahead: it, and every keep built on it, is revoked.
+        draft.revokes = best_before.n
+        draft.error = f"{draft.error}; #{best_before.n:04d} is no longer the best"
 
     # Keep the branch at the best commit and only the best experiment's scratch on disk.
     new_best = status == "keep" or (status == "baseline" and not draft.remeasure)
@@ -92,6 +96,10 @@ def finish(s: Session, draft: Result, outcomes: list[Outcome], decision: Decisio
     draft.wall_seconds = round(time.monotonic() - t0, 3)
     draft.timings = timings
     s.record(draft)
+    if draft.revokes is not None and s.rd.worktree.exists():
+        s.wt.reset_to(s.best_commit())
+        s.say(f"#{draft.n:04d} revoked #{draft.revokes:04d}: the best is #{s.standing.best.n:04d} again"
+              if s.standing.best else f"#{draft.n:04d} revoked #{draft.revokes:04d}")
     s.journal.update_state(runs=[], noise=s.standing.noise())
     say_result(s, draft)
 

@@ -4,10 +4,14 @@ One Engine runs one tag. The main thread runs the loop below; each step lives in
 own module and works on the shared ``Session`` (engine/session.py):
 
     startup.py   open the tag (lock, worktree, resume from the journal), close it
+    preflight.py reasons to pause before an experiment (disk, data, failure streaks)
     propose.py   ask the agent for a change (in a worker thread)
+    pipeline.py  ... or take the one it wrote while the previous experiment trained
     commit.py    check the change and commit it, or reject it
-    trial.py     train the commit and score it
-    finish.py    decide, keep or revert, journal
+    trial.py     train the commit (warm.py: a process started ahead, in the sandbox) and
+                 score it (prepare.py's scorer, or target.py for another repository)
+    decide.py    the keep rule (pure functions); finish.py applies it, keeps or reverts,
+                 journals
     steering.py  pause / resume / skip / keep / stop / note from the control socket
 
 Conventions worth knowing:
@@ -49,7 +53,7 @@ from .runner import KILL_GRACE_SECONDS
 from .session import Flight, Session
 from .startup import close_tag, open_tag, record_interrupted_flight
 from .target import run_guard
-from .trial import Outcome, run_trial
+from .trial import Outcome, ScorerTampered, run_trial
 from .warm import discard_warm
 
 
@@ -83,6 +87,13 @@ class Engine:
             self._loop()
         except UsageError:
             raise
+        except ScorerTampered as e:  # something with the user's rights edited the trusted scorer: stop
+            s.exit_code = 1
+            s.error = f"{e}; start a new tag (and find out what changed it)"
+            record_interrupted_flight(s)
+            s.journal.event("error", message=s.error, n=None)
+            s.set_phase("error")
+            s.say(f"error: {s.error}")
         except JournalError as e:  # a full disk or a read-only file system: nothing recorded is lost
             s.exit_code = 1
             s.error = f"{e}; free space (or make it writable) and start the engine again"
@@ -217,6 +228,12 @@ class Engine:
             self._start_next_proposal(draft, exp_dir)
             outcomes, decision = self._measure(draft, exp_dir, timings)
             return finish(s, draft, outcomes, decision, timings, t0)
+        except BaseException:
+            try:  # the engine goes down with this experiment in flight: say so in the journal
+                record_interrupted_flight(s)
+            except JournalError:
+                pass  # a restart records it from state.json
+            raise
         finally:
             with s.ctl:
                 s.flight = None

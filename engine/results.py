@@ -109,6 +109,7 @@ class Result:
     rebased: bool = False  # a pipelined proposal applied on a best that moved while it was written
     train_spans: list[list[float]] = field(default_factory=list)  # [start, end] (unix s) of each training process
     self_reported: bool = False  # the metric is what the run printed, not a trusted evaluation
+    revokes: int | None = None  # a re-measure that caught the best looking ahead: that keep (and those on it) no longer count
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @property
@@ -174,6 +175,7 @@ class Result:
             load_avg=_opt_float(d.get("load_avg")),
             rebased=d.get("rebased") is True,
             self_reported=d.get("self_reported") is True,
+            revokes=d.get("revokes") if isinstance(d.get("revokes"), int) else None,
             train_spans=[[float(a), float(b)] for a, b in (x for x in d.get("train_spans") or []
                                                              if isinstance(x, list) and len(x) == 2
                                                              and is_number(x[0]) and is_number(x[1]))],
@@ -286,6 +288,7 @@ class Standing:
         self.recent_throughput: list[float] = []  # tokens/s of the latest scored runs
         self._baseline_metrics: list[float] = []
         self._best_key: tuple[str | None, float | None] | None = None
+        self._bests: list[tuple[int, tuple[str | None, float | None]]] = []  # every best so far, in order
 
     @classmethod
     def of(cls, results: Iterable[Result], base_commit: str | None = None) -> "Standing":
@@ -321,10 +324,22 @@ class Standing:
                 self._set_best(self.best.n, key)  # the same best, measured once more
         elif r.status == "keep" and r.scored and r.commit:
             self._set_best(r.n, key)
+        if r.revokes is not None:
+            self._revoke(r.revokes)
 
     def _set_best(self, n: int, key: tuple[str | None, float | None]) -> None:
         self._best_key = key
         self.best = Best(n, statistics.fmean(self.measurements[key]), key[0])
+        if not self._bests or self._bests[-1] != (n, key):
+            self._bests.append((n, key))
+
+    def _revoke(self, n: int) -> None:
+        """The keep #n was caught cheating: it and every best built on it stop counting."""
+        self._bests = [(m, key) for m, key in self._bests if m < n]
+        if self._bests:
+            m, key = self._bests[-1]
+            self._best_key = key
+            self.best = Best(m, statistics.fmean(self.measurements[key]), key[0])
 
     @property
     def best_runs(self) -> int:

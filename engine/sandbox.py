@@ -17,14 +17,13 @@ builds argv is the same in both modes::
     sb = sandbox.detect(config.sandbox)     # once; "auto" | "bwrap" | "off"; raises SandboxError
     record.sandbox = sb.describe()          # "bwrap 0.8.0" or "off: bubblewrap not found"
 
-    # training: the experiment's files read-only, the data cache read-only (only what
-    # training needs), one writable scratch dir, the validation sources hidden
+    # training: the experiment's files read-only, the data cache read-only (with all
+    # but manifest.json and train.bin hidden), one writable scratch dir, the validation
+    # sources hidden (engine/warm.py does this)
     jail = sb.jail(sandbox.Mounts(
-        ro={"/work": export_dir,
-            "/data/manifest.json": cache / "manifest.json",
-            "/data/train.bin": cache / "train.bin"},
+        ro={"/work": export_dir, "/data": cache},
         rw={"/scratch": scratch_dir},
-        hide=sandbox.with_bytecode(validation_source_files),   # host paths
+        hide=sandbox.with_bytecode(validation_source_files) + [cache / "val.bin"],   # host paths
     ))
     env = minimal_env({
         "AUTORESEARCH_CHECKPOINT": jail.path("/scratch/model.pt"),

@@ -1,10 +1,11 @@
 """The state of one running tag, shared by the phases of the loop.
 
 Every phase module (startup, propose, commit, trial, finish, steering) takes a Session
-and changes it; none of them holds state of its own. Three threads touch a Session:
-the main loop (everything), the agent's worker thread (it only streams text through
-``journal.event``) and the control socket's thread (it only flips the flags guarded by
-``ctl`` and queues notes). The phase lives in one place: ``state.phase``.
+and changes it; none of them holds state of its own. Other threads touch a Session only
+through the journal (which has its own lock) or the flags guarded by ``ctl``: the agent's
+worker thread streams text and records its process group; the control socket's threads
+(one per connection) flip flags and queue notes; the notifier's thread writes ``notify``
+events. The phase lives in one place: ``state.phase``.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ its trusted evaluation command, and its guard.
 - Without ``evaluate`` the number is what the run itself printed: the record says so
   (``self_reported``) and every screen labels it.
 - ``evaluate`` is the user's trusted command: it runs outside the sandbox, in the
-  experiment's files, with AUTORESEARCH_SCRATCH pointing at the run's outputs, and its
-  own output is read the same way. It must not run the mutable files' code.
+  experiment's files, with AUTORESEARCH_SCRATCH pointing at the run's outputs and
+  AUTORESEARCH_OUT at a fresh directory for its own metric_json; its output is read the
+  same way. It must not run the mutable files' code.
 - ``guard`` must pass (exit status 0) before a change can be kept: it runs in the
   sandbox (it usually runs the code under test), in the experiment's files, read-only.
 """
@@ -31,10 +32,11 @@ from .untrusted import strip_control
 from .warm import with_python_on_path
 
 
-def metric_from(target: TargetConfig, output: ProcessResult, scratch: Path) -> float | None:
-    """The target's metric from a process's output (or its JSON file), or None."""
+def metric_from(target: TargetConfig, output: ProcessResult, folder: Path) -> float | None:
+    """The target's metric from a process's output, or from its JSON file in ``folder`` (the
+    run's scratch directory, or the evaluate command's own output directory), or None."""
     if target.metric_json is not None:
-        path = scratch / target.metric_json
+        path = folder / target.metric_json
         if path.is_symlink() or not path.is_file():
             return None
         try:
@@ -53,10 +55,14 @@ def metric_from(target: TargetConfig, output: ProcessResult, scratch: Path) -> f
     return None
 
 
-def run_evaluate(s: Session, src: Path, scratch: Path, log: Path, should_kill) -> ProcessResult:
-    """The target's trusted evaluation command, outside the sandbox."""
+def run_evaluate(s: Session, src: Path, scratch: Path, out: Path, log: Path, should_kill) -> ProcessResult:
+    """The target's trusted evaluation command, outside the sandbox. It reads the run's
+    outputs in AUTORESEARCH_SCRATCH and writes any metric_json file in AUTORESEARCH_OUT
+    (a new directory the run never had access to)."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     env = minimal_env({"AUTORESEARCH_SCRATCH": str(scratch), "AUTORESEARCH_SRC": str(src),
-                       "AUTORESEARCH_METRIC": s.config.target.metric})
+                       "AUTORESEARCH_OUT": str(out), "AUTORESEARCH_METRIC": s.config.target.metric})
     return run_process(["/bin/sh", "-c", s.config.target.evaluate], cwd=src, env=env, log_path=log,
                        timeout=s.timeout, hang_seconds=s.config.loop.hang_seconds, tick=s.tick,
                        should_kill=should_kill, grace=s.kill_grace)

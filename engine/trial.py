@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import rundir, sandbox
 from .decide import classify_failure, parse_float
-from .integrity import Fingerprint, cache_dir, manifest_path
+from .integrity import Fingerprint, cache_dir, manifest_path, sha256_file
 from .results import METRIC, is_number
 from .runner import ProcessResult, minimal_env, spawn, supervise, terminate_group
 from .session import Session
@@ -63,6 +63,23 @@ class Outcome:
 def child_env(s: Session, extra: dict[str, str]) -> dict[str, str]:
     """The environment of every process the engine starts for untrusted code: no secrets."""
     return minimal_env({"AUTORESEARCH_CACHE": str(cache_dir()), "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}", **extra})
+
+
+class ScorerTampered(RuntimeError):
+    """The trusted copy of prepare.py changed during the run."""
+
+
+def eval_answer_limit(s: Session) -> float:
+    """Seconds a model server may take for any one answer (loading the model included).
+
+    The startup allowance, no more: a server that used minutes per answer could train
+    further (it sees the training text) while it pretends to load."""
+    return s.config.loop.effective_startup()
+
+
+def eval_limit(s: Session) -> float:
+    """Wall seconds for a whole evaluation: two model servers, a few answers each."""
+    return min(s.timeout, 4 * eval_answer_limit(s) + 30.0)
 
 
 def training_limit(s: Session) -> float:
@@ -121,6 +138,7 @@ class Scorer:
 
     def __init__(self, s: Session, slot, exp_dir: Path, hide: list[str], holdout: bool):
         self.s = s
+        self.check()
         jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": slot.src, "/scratch": slot.scratch}, hide=hide))
         env = minimal_env({"AUTORESEARCH_CACHE": "/nonexistent", "HOME": "/tmp", "TMPDIR": "/tmp"})
         server = jail.launch(
@@ -130,16 +148,26 @@ class Scorer:
         self.out = exp_dir / "eval.json"
         self.argv = [s.python, "-I", "-B", str(s.rd.scorer), "evaluate", "--train", str(slot.src / "train.py"),
                      "--checkpoint", str(slot.scratch / "checkpoint.pt"), "--out", str(self.out),
-                     "--server-cmd", json.dumps(server.argv), "--wait", *(["--holdout"] if holdout else [])]
+                     "--server-cmd", json.dumps(server.argv), "--wait", "--timeout", f"{eval_answer_limit(s):g}",
+                     *(["--holdout"] if holdout else [])]
         self.cwd = exp_dir
         self.proc = None
 
+    def check(self) -> None:
+        """Anything outside the sandbox running as the user (a command agent, an unsandboxed
+        run) could edit the trusted copy: it is checked before every use."""
+        if sha256_file(self.s.rd.scorer) != self.s.fingerprint.prepare_sha256:
+            raise ScorerTampered(f"the trusted scorer {self.s.rd.scorer} no longer matches prepare.py "
+                                 "as the run started")
+
     def start(self) -> None:
         if self.proc is None:
+            self.check()
             self.proc = spawn(self.argv, cwd=self.cwd, env=child_env(self.s, {}), stdin=subprocess.PIPE)
 
     def go(self):
         self.start()
+        self.check()  # edited while the servers started? then no score comes from it
         self._say(b"go\n")
         return self.proc
 
@@ -230,7 +258,7 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         s.set_phase("evaluating")
     with open(log, "ab") as f:
         f.write(f"\n{EVAL_MARKER}\n".encode())
-    ev = _supervise(s, scorer.go(), log, s.timeout)
+    ev = _supervise(s, scorer.go(), log, eval_limit(s))
     ev.tail = [strip_control(line)[:500] for line in ev.tail]  # a model server's output is untrusted too
     ev.fail_line = strip_control(ev.fail_line) if ev.fail_line else None
     timings["eval"] = round(timings.get("eval", 0.0) + ev.wall_seconds, 3)
@@ -239,7 +267,7 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         return Outcome(s.killed_status(), error=s.killed_reason(), **base)
     if failure:
         status = failure if failure in ("oom", "timeout", "hang") else "crash"
-        why = ev.fail_line or failure_message(s, failure, ev, s.timeout)
+        why = ev.fail_line or failure_message(s, failure, ev, eval_limit(s))
         return Outcome(status, error=f"evaluation failed: {why}", log_tail=ev.tail[-30:], **base)
     data = rundir.read_json(scorer.out)
     value = data.get(METRIC) if isinstance(data, dict) else None
@@ -261,7 +289,7 @@ def _target_metric(s: Session, slot, trained: ProcessResult, log: Path, timings:
             s.set_phase("evaluating")
         with open(log, "ab") as f:
             f.write(f"\n=== autoresearch: evaluation ({t.evaluate}) ===\n".encode())
-        output = run_evaluate(s, slot.src, slot.scratch, log, s.should_kill)
+        output = run_evaluate(s, slot.src, slot.scratch, slot.root / "eval-out", log, s.should_kill)
         output.tail = [strip_control(line)[:500] for line in output.tail]
         timings["eval"] = round(timings.get("eval", 0.0) + output.wall_seconds, 3)
         failure = classify_failure(output)
@@ -271,7 +299,7 @@ def _target_metric(s: Session, slot, trained: ProcessResult, log: Path, timings:
             status = failure if failure in ("oom", "timeout", "hang") else "crash"
             return Outcome(status, error=f"evaluation failed: {failure_message(s, failure, output, s.timeout)}",
                            log_tail=output.tail[-30:], **base)
-    value = metric_from(t, output, slot.scratch)
+    value = metric_from(t, output, slot.root / "eval-out" if t.evaluate else slot.scratch)
     if value is None:
         where = f"{t.metric_json} (key {t.metric})" if t.metric_json else (
             f"the output (regex {t.metric_regex})" if t.metric_regex else f"a `{t.metric}: value` line after ---")

@@ -67,6 +67,7 @@ def main():
         p.add_argument("--server-cmd")  # the real scorer starts sandboxed model servers; this one reads the checkpoint
         p.add_argument("--holdout", action="store_true")
         p.add_argument("--wait", action="store_true")
+        p.add_argument("--timeout")
         args = p.parse_args()
         if args.wait and sys.stdin.readline().strip() != "go":
             return  # started early by the engine, then not needed

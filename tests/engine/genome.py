@@ -107,7 +107,7 @@ def main():
         holdout = "--holdout" in sys.argv
         if "--wait" in sys.argv and sys.stdin.readline().strip() != "go":
             return  # the engine started it early and then did not need it
-        rest = [a for a in sys.argv[2:] if a not in ("--holdout", "--wait")]
+        rest = [a for a in sys.argv[2:] if a not in ("--holdout", "--wait")]  # flags; the rest are pairs
         args = dict(zip(rest[0::2], rest[1::2]))
         data = json.load(open(args["--checkpoint"]))
         print("evaluating", flush=True)
@@ -117,6 +117,12 @@ def main():
             import time
             time.sleep(1.5)  # a slow evaluation, long enough to see the next run start warm
         value = float("nan") if data.get("eval") == "evalnan" else data["metric"]
+        if data.get("eval") == "cheat":  # caught on its third evaluation (a re-measure of the best)
+            count = Path.cwd().parent.parent / "cheat-evaluations"  # the run's directory (cwd: its experiment)
+            seen = int(count.read_text()) if count.exists() else 0
+            count.write_text(str(seen + 1))
+            if seen >= 2:
+                sys.exit("FAIL evaluate: non-causal model: its log-probabilities before 9 changed")
         if data.get("eval") == "lucky":
             count = Path("evaluations")
             seen = int(count.read_text()) if count.exists() else 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from engine.rundir import RunDir
 
 from .conftest import run_engine
+from .genome import git
 from .test_recovery import start_engine, wait_until
 
 
@@ -130,3 +131,18 @@ def test_the_decision_rule_in_force_is_in_the_state(repo):
     config = engine.rd.read_state().config["loop"]
     assert config["confirm_runs"] == 1 and config["noise_prior"] == 0.01 and config["drift_ratio"] == 0.2
     assert Path(engine.rd.root).is_dir()
+
+
+def test_a_best_caught_reading_ahead_on_a_re_measure_is_revoked(repo):
+    # #2 cheats only from its third evaluation on: its run and confirmation pass, #3 (built on it)
+    # is caught, and #4, the drift guard's re-measure of the best, catches the best itself.
+    steps = [{"set": {"LR": 0.02, "MODE": "cheat"}}, {"set": {"WIDTH": 100}}, {"set": {"WIDTH": 100}}]
+    engine = run_engine(repo, steps, loop__max_experiments=5, loop__baseline_runs=1, loop__remeasure_every=1,
+                        loop__max_failures_in_a_row=5)
+    results = engine.results
+    assert [(r.n, r.status) for r in results][:4] == [(1, "baseline"), (2, "keep"), (3, "crash"), (4, "crash")]
+    caught = results[3]
+    assert caught.remeasure and caught.revokes == 2 and "no longer the best" in caught.error
+    assert engine.s.standing.best.n == 1  # back to the baseline
+    assert results[4].parent == results[0].commit  # the next change is measured against it
+    assert 'MODE = "ok"' in git(engine.rd.worktree, "show", f"{results[4].parent}:train.py")

@@ -207,3 +207,16 @@ def test_a_full_disk_loses_nothing_and_a_restart_works(tmp_path):
     numbers = [n for n, _ in report["final"]]
     assert numbers == list(range(1, len(numbers) + 1))  # no gap, no duplicate
     assert report["final"][0] == [1, "baseline"] and report["final"][-1][1] == "keep"
+
+
+def test_an_edited_trusted_scorer_stops_the_engine(repo, background):
+    """The scorer's copy of prepare.py is checked before every evaluation: something with the
+    user's rights (an unsandboxed run, a command agent) could edit it during the run."""
+    bg = background(make_engine(repo, [{"set": {"LR": 0.02, "SLEEP": 1.0}}], loop__baseline_runs=1,
+                                loop__max_experiments=3, loop__hang_seconds=10))
+    bg.wait_for(lambda: bg.phase_is("running", 2), why="experiment 2 training")
+    with open(bg.rd.scorer, "a") as f:
+        f.write("\n# edited during the run\n")
+    bg.thread.join(30)
+    assert bg.rc == 1 and "trusted scorer" in bg.state().error
+    assert [r.status for r in bg.results()] == ["baseline", "interrupted"]
