@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import gitops, launcher
+from engine import launcher
 from engine.config import load_config
 from engine.control import ControlError, send_command
 from engine.errors import UsageError
@@ -100,6 +100,7 @@ def serve(args: argparse.Namespace, argv: list[str]) -> int:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if not args.headless:
         return start_or_attach(args, argv)
+    from engine import gitops
     from engine.agents import make_agent
     from engine.loop import Engine
 

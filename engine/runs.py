@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import gitops
 from .config import load_config
 from .errors import UsageError
 from .lock import holder_pid, is_locked
@@ -24,6 +23,8 @@ TARGET_REQUIRED_FILES = ("program.md",)  # a [target] brings its own run command
 def resolve_repo(path: str | Path, require_files: bool = True, target: bool = False) -> Path:
     """The repository's top level, after checking it can host a run (of this workspace,
     or of a [target], which needs only program.md)."""
+    from . import gitops  # GitPython costs a monitor's start-up 0.15 s: only commands that need it load it
+
     repo = gitops.open_repo(Path(path).expanduser())
     root = Path(repo.working_tree_dir).resolve()
     if not require_files:
