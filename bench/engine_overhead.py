@@ -59,13 +59,13 @@ def main() -> int:
     rows = []
     print(f"{'#':>4} {'status':<9} {'wall':>7} {'train':>7} {'eval':>7} {'overhead':>9}")
     for r in results:
-        t = r.get("timings") or {}
+        t = r.timings
         process = t.get("train", 0.0) + t.get("eval", 0.0)
-        overhead = r["wall_seconds"] - process
+        overhead = r.wall_seconds - process
         rows.append((r, overhead))
-        print(f"{r['n']:>4} {r['status']:<9} {r['wall_seconds']:7.3f} {t.get('train', 0):7.3f} "
+        print(f"{r.n:>4} {r.status:<9} {r.wall_seconds:7.3f} {t.get('train', 0):7.3f} "
               f"{t.get('eval', 0):7.3f} {overhead:9.3f}")
-    proposals = [o for r, o in rows if not r.get("baseline")]
+    proposals = [o for r, o in rows if not r.baseline]
     print()
     print(f"experiments: {len(results)} ({len(proposals)} proposals, agent {args.agent}), "
           f"total wall {total:.1f} s")
@@ -75,7 +75,7 @@ def main() -> int:
                   f"max {max(values):.3f} s")
     steps: dict[str, list[float]] = {}
     for r, _ in rows:
-        for k, v in (r.get("timings") or {}).items():
+        for k, v in r.timings.items():
             steps.setdefault(k, []).append(v)
     print("mean seconds per step: " + ", ".join(f"{k} {statistics.fmean(v):.3f}" for k, v in steps.items()))
     med = statistics.median(proposals or [o for _, o in rows])
