@@ -2,7 +2,9 @@
 
 Textual's Footer builds a widget per key and rebuilds them all whenever bindings may
 have changed (several times during start-up alone). This bar is one Static: it redraws
-only when the line it would show differs, which is cheap and kind to slow SSH links.
+only when the line it would show differs (its text, or which of its keys are enabled: a
+key that turns available or unavailable keeps its words and changes its style), which is
+cheap and kind to slow SSH links.
 Clicking a key runs its action, as with Textual's footer.
 """
 
@@ -20,7 +22,7 @@ class KeyBar(Static):
 
     def on_mount(self) -> None:
         self._spans: list[tuple[int, int, str, object]] = []  # (start, end, action, namespace)
-        self._plain: str | None = None
+        self._shown: tuple[str, tuple[bool, ...]] | None = None  # the text, and which keys are enabled
         self.screen.bindings_updated_signal.subscribe(self, lambda _screen: self.refresh_keys())
         self.call_after_refresh(self.refresh_keys)
 
@@ -33,12 +35,14 @@ class KeyBar(Static):
         parts: list[str | tuple[str, str]] = [" "]
         spans: list[tuple[int, int, str, object]] = []
         seen: set[str] = set()
+        enabled: list[bool] = []
         pos = 1
         for _key, active in self.screen.active_bindings.items():
             binding = active.binding
             if not binding.show or binding.action in seen:
                 continue
             seen.add(binding.action)
+            enabled.append(active.enabled)
             key = self.app.get_key_display(binding)
             key_style = "bold $accent" if active.enabled else "dim"
             desc = f" {binding.description}"
@@ -49,9 +53,10 @@ class KeyBar(Static):
             parts += [("^p", "bold $accent"), (" palette", "dim")]
             spans.append((pos, pos + 10, "app.command_palette", self.app))
         content = Content.assemble(*parts)
-        if content.plain == self._plain:
+        shown = (content.plain, tuple(enabled))
+        if shown == self._shown:
             return
-        self._plain = content.plain
+        self._shown = shown
         self._spans = spans
         self.update(content)
 

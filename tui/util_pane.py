@@ -1,9 +1,14 @@
-"""GPU (or, without one, CPU) utilization with short sparklines."""
+"""GPU (or, without one, CPU) utilization with short sparklines.
+
+The training processes are a tree under one root process, named by ``root_label``: the
+engine in the monitor ("engine pid 4242"), train.py itself in watch mode.
+"""
 
 from __future__ import annotations
 
 from collections import deque
 from functools import partial
+from typing import Any
 
 from rich.text import Text
 from textual.widgets import Static
@@ -17,6 +22,10 @@ SPARK_WIDTH = 20
 
 
 class UtilPane(Static):
+    def __init__(self, *args: Any, root_label: str = "engine", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.root_label = root_label  # what the root of the measured process tree is
+
     def on_mount(self) -> None:
         self.border_title = "Utilization"
         self.samples = 0
@@ -81,7 +90,8 @@ class UtilPane(Static):
             out.append("training ", style="bold")
             out.append(f"cpu {p.cpu_percent:>4.0f}% ")
             out.append(self._spark("proc.cpu"), style=busy)
-            out.append(f"\n  rss {fmt.bytes_(p.rss)} · {p.count} proc{'s' if p.count != 1 else ''} · engine pid {p.root_pid}\n")
+            procs = f"{p.count} proc{'s' if p.count != 1 else ''}"
+            out.append(f"\n  rss {fmt.bytes_(p.rss)} · {procs} · {self.root_label} pid {p.root_pid}\n")
         elif sample.proc_note:
             out.append(f"training: {sample.proc_note}\n", style="dim")
         if sample.cpu_percent is not None:
