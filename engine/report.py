@@ -4,12 +4,14 @@
 and says: when the run ran and on what, the best against the baseline with the noise
 (``Standing``: the one rule for best, baseline and noise) and the holdout, each kept
 change with its delta, hypothesis and diff, the failures by kind, the time spent, the
-agent's cost, a text chart of val_bpb and a table of every experiment. ``chart_svg``
+agent's cost, a text chart of the metric and a table of every experiment. ``chart_svg``
 draws the same chart as a small SVG (plotext writes only text or HTML), which
 ``write_report`` saves next to the Markdown.
 
 Every string from an agent or a log is stripped of control characters and escaped, so
 the report renders as text: no raw HTML, no stray tables, no fences it can break out of.
+The metric is named as the results record it (val_bpb, or a [target]'s metric) and its
+direction is the one in state.json's configuration ("lower is better" unless "max").
 Nothing here imports Textual; plotext is imported only to draw the text chart.
 """
 
@@ -96,6 +98,22 @@ def _cost(r: Result) -> float:
     return float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) and math.isfinite(cost) else 0.0
 
 
+def metric_name(results: Sequence[Result]) -> str:
+    """The metric's name, as the results record it (val_bpb, or a [target]'s metric)."""
+    return plain(results[-1].metric_name if results else METRIC, 60) or METRIC
+
+
+def _md_name(name: str) -> str:
+    """A metric's name for Markdown: a plain identifier as it is, anything else escaped."""
+    return name if re.fullmatch(r"\w[\w.]*", name) else md(name, 60)
+
+
+def better(rd: RunDir) -> str:
+    """Which way the run's metric is better, from state.json's configuration."""
+    target = (rd.read_state().config or {}).get("target")
+    return "higher is better" if isinstance(target, dict) and target.get("direction") == "max" else "lower is better"
+
+
 def _table(header: Sequence[str], align: Sequence[str], rows: list[list[str]]) -> list[str]:
     rule = {"l": "---", "r": "---:"}
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule[a] for a in align) + " |"]
@@ -120,12 +138,13 @@ def build_report(rd: RunDir, *, image: str | None = None, tz: tzinfo | None = No
     if not results:
         out += [f"Run {tag} on branch `{gitops.branch_name(rd.tag)}` has no experiments yet.", ""]
         return "\n".join(out)
+    name, direction = metric_name(results), better(rd)
     out += _facts(rd, results, st, info, tz)
-    out += _standing(results, st)
-    out += _chart_section(results, image)
-    out += _kept(rd, results)
+    out += _standing(results, st, _md_name(name))
+    out += _chart_section(results, image, name, direction)
+    out += _kept(rd, results, _md_name(name), direction)
     out += _problems(results)
-    out += _every(results)
+    out += _every(results, _md_name(name))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -168,7 +187,7 @@ def _facts(rd: RunDir, results: list[Result], st: Standing, info: dict, tz: tzin
     return _table(["", ""], ["l", "l"], rows) + [""]
 
 
-def _standing(results: list[Result], st: Standing) -> list[str]:
+def _standing(results: list[Result], st: Standing, name: str = METRIC) -> list[str]:
     out = ["## Best against the baseline", ""]
     base, best = st.baseline, st.best
     noise = st.noise()
@@ -192,7 +211,7 @@ def _standing(results: list[Result], st: Standing) -> list[str]:
         pct = f" ({change / base.metric:+.2%})" if base.metric else ""
         holdout_change = best_holdout - base_holdout if best_holdout is not None and base_holdout is not None else None
         rows.append(["change", f"{_num(change, True)}{pct}", _num(holdout_change, True)])
-    out += _table(["", METRIC, "holdout"], ["l", "r", "r"], rows) + [""]
+    out += _table(["", name, "holdout"], ["l", "r", "r"], rows) + [""]
     if best_is_baseline:
         out.append("No change has beaten the baseline yet.")
     if noise.dof:
@@ -209,11 +228,12 @@ def _standing(results: list[Result], st: Standing) -> list[str]:
     return out + [""]
 
 
-def _chart_section(results: list[Result], image: str | None) -> list[str]:
-    out = [f"## {METRIC} by experiment", ""]
+def _chart_section(results: list[Result], image: str | None, name: str = METRIC,
+                   direction: str = "lower is better") -> list[str]:
+    out = [f"## {_md_name(name)} by experiment", ""]
     if image:
-        out += [f"![{METRIC} by experiment]({image})", ""]
-    chart = text_chart(results)
+        out += [f"![{_md_name(name)} by experiment]({image})", ""]
+    chart = text_chart(results, metric=name, direction=direction)
     if chart:
         out += [fenced(chart, "text"), ""]
     elif not image:
@@ -221,16 +241,17 @@ def _chart_section(results: list[Result], image: str | None) -> list[str]:
     return out
 
 
-def _kept(rd: RunDir, results: list[Result]) -> list[str]:
+def _kept(rd: RunDir, results: list[Result], name: str = METRIC, direction: str = "lower is better") -> list[str]:
     kept = [r for r in results if r.status == "keep"]
     out = [f"## Kept changes ({len(kept)})", ""]
     if not kept:
         return out + ["None.", ""]
     for r in kept:
         out += [f"### #{r.n:04d} {md(r.description) or '(no description)'}", ""]
-        facts = [f"{METRIC} {_num(r.metric)}" + (f" over {len(r.runs)} runs" if len(r.runs) > 1 else "")]
+        facts = [f"{name} {_num(r.metric)}" + (f" over {len(r.runs)} runs" if len(r.runs) > 1 else "")]
         if r.delta is not None:
-            needed = f" (needed below -{r.threshold:.6f})" if r.threshold is not None and not r.forced else ""
+            bar = f"above +{r.threshold:.6f}" if direction.startswith("higher") else f"below -{r.threshold:.6f}"
+            needed = f" (needed {bar})" if r.threshold is not None and not r.forced else ""
             facts.append(f"{_num(r.delta, True)} against the best before it{needed}")
         if r.holdout is not None:
             facts.append(f"holdout {_num(r.holdout)}")
@@ -284,12 +305,12 @@ def _problems(results: list[Result]) -> list[str]:
     return out + _table(["kind", "count", "latest"], ["l", "r", "l"], rows) + [""]
 
 
-def _every(results: list[Result]) -> list[str]:
+def _every(results: list[Result], name: str = METRIC) -> list[str]:
     rows = []
     for r in results:
         status = r.status + (" (forced)" if r.forced else "") + (" (re-measure)" if r.remeasure else "")
         rows.append([str(r.n), md(status, 40), _num(r.metric), _num(r.delta, True), md(r.description)])
-    return ["## Every experiment", ""] + _table(["#", "status", METRIC, "delta", "description"],
+    return ["## Every experiment", ""] + _table(["#", "status", name, "delta", "description"],
                                                  ["r", "l", "r", "r", "l"], rows) + [""]
 
 
@@ -323,8 +344,11 @@ def _y_range(points: list[tuple[int, float, str]]) -> tuple[float, float]:
     return lo, hi
 
 
-def text_chart(results: list[Result], width: int = 76, height: int = 20) -> str | None:
-    """The val_bpb chart as plain text (plotext, no colours), or None with nothing scored."""
+def text_chart(results: list[Result], width: int = 76, height: int = 20, *, metric: str | None = None,
+               direction: str = "lower is better") -> str | None:
+    """The metric's chart as plain text (plotext, no colours), or None with nothing scored.
+    ``metric``: its name (default: the results'); ``direction``: "lower is better" or
+    "higher is better"."""
     points, best = _series(results)
     if not points:
         return None
@@ -349,7 +373,7 @@ def text_chart(results: list[Result], width: int = 76, height: int = 20) -> str 
         step = max(1, math.ceil((max(ns) - min(ns)) / 8))
         plt.xticks(list(range(min(ns), max(ns) + 1, step)))
         plt.ylim(lo, hi)
-        plt.title(f"{METRIC} by experiment (lower is better)")
+        plt.title(f"{metric or metric_name(results)} by experiment ({direction})")
         plt.xlabel("experiment   (o baseline or kept, x not kept, . the best so far)")
         text = plt.uncolorize(plt.build())
     finally:
@@ -357,8 +381,9 @@ def text_chart(results: list[Result], width: int = 76, height: int = 20) -> str 
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
 
 
-def chart_svg(results: list[Result], width: int = 720, height: int = 360) -> str | None:
-    """The val_bpb chart as a small self-contained SVG, or None with nothing scored.
+def chart_svg(results: list[Result], width: int = 720, height: int = 360, *, metric: str | None = None,
+              direction: str = "lower is better") -> str | None:
+    """The metric's chart as a small self-contained SVG, or None with nothing scored.
 
     Every scored experiment is a point (kept: green, baseline: blue, the rest: grey), the
     running best a step line. Points far above the baseline are drawn at the top edge
@@ -386,7 +411,8 @@ def chart_svg(results: list[Result], width: int = 720, height: int = 360) -> str
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
-        f'<text x="{left}" y="22" font-size="14" fill="#24292f">{METRIC} by experiment (lower is better)</text>',
+        f'<text x="{left}" y="22" font-size="14" fill="#24292f">'
+        f'{xml_escape(metric or metric_name(results))} by experiment ({direction})</text>',
     ]
     for i in range(5):  # horizontal grid and the metric's ticks
         v = lo + (hi - lo) * i / 4
@@ -436,7 +462,7 @@ def write_report(rd: RunDir, out: Path, *, tz: tzinfo | None = None) -> tuple[Pa
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: no such directory {out.parent}")
     image = out.with_suffix(".svg")
-    svg = chart_svg(rd.read_results())
+    svg = chart_svg(rd.read_results(), direction=better(rd))
     try:
         if svg is not None:
             image.write_text(svg, encoding="utf-8")
