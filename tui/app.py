@@ -212,8 +212,10 @@ class MonitorApp(App[str | None]):
             live.query_one(HypothesisPane).show(self.view, now)
         if "results" in changed:
             baseline = self.view.baseline()
-            live.query_one(ChartPane).show(self.view.results, baseline.metric if baseline else None)
+            live.query_one(ChartPane).show(self.view.results, baseline.metric if baseline else None, self.view.metric())
             self._history_add(batch)
+        if changed & {"state", "results"}:
+            live.show_metric(self.view.metric())  # the chart's title and tab (a [target]'s metric)
         if "diff" in changed:
             live.query_one(DiffPane).show(self.view.diff, self.view.log_n)
         if changed & {"state", "alive"}:
@@ -492,7 +494,7 @@ class MonitorApp(App[str | None]):
     def open_history(self) -> None:
         from tui.history import HistoryScreen
 
-        self.push_screen(HistoryScreen(self.run_dir, list(self.view.results), self.view.marks))
+        self.push_screen(HistoryScreen(self.run_dir, list(self.view.results), self.view.marks, self.view.metric()))
 
     def open_diff(self) -> None:
         n = self.view.log_n

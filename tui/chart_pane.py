@@ -1,8 +1,11 @@
-"""val_bpb over the experiments: a one-line sparkline and a plot.
+"""The run's metric over the experiments: a one-line sparkline and a plot.
 
-The plot shows every measurement as a dot, kept experiments at the mean of their runs,
-re-measures of the best as their own marker, the running best as a step line and the
-baseline as a reference line. It is rebuilt only when a result arrives.
+The metric is the run's own (val_bpb, or a [target]'s): the title gives its name and
+which way is better. The plot shows every measurement as a dot, kept experiments at the
+mean of their runs, re-measures of the best as their own marker, the running best as a
+step line and the baseline as a reference line. The running best is the engine's
+(``engine.results.running_best``), which follows kept changes whichever way is better.
+It is rebuilt only when a result arrives.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.color import Color
 from textual.containers import Vertical
+from textual.content import Content
+from textual.dom import DOMNode
 from textual.widget import Widget
+from textual.widgets import Tab
 
 from engine.results import Result, running_best
 from tui import fmt
@@ -21,7 +27,7 @@ from tui.themes import on_theme_change, theme_style
 
 SPARK_WIDTH = 40
 # What each part of the chart is drawn in: theme colours, as everywhere in the monitor.
-SPARK_STYLE = "$primary"  # every value (low is good)
+SPARK_STYLE = "$primary"  # every value
 BEST_STYLE = "bold $success"  # green is for kept experiments
 # The plot's series: theme variable, and how far it is faded toward the background.
 PLOT_COLOURS = {"all": ("foreground", 0.5), "kept": ("success", 0.0), "best": ("primary", 0.0),
@@ -88,7 +94,8 @@ def plot_colour(variables: dict[str, str], name: str, fade: float = 0.0) -> Any:
 
 
 class SparkLine(Widget):
-    """One line: the val_bpb sparkline sized to the pane, then the last and best values."""
+    """One line: the metric's sparkline sized to the pane, then the last and best values
+    (the best says its direction: "best ↓" when lower is better, "best ↑" when higher)."""
 
     DEFAULT_CSS = "SparkLine { height: 1; }"
 
@@ -96,12 +103,14 @@ class SparkLine(Widget):
         super().__init__(**kwargs)
         self.values: list[float] = []
         self.best: float | None = None
+        self.metric = fmt.Metric()
 
     def on_mount(self) -> None:
         on_theme_change(self, self.refresh)  # render() takes its colours from the theme
 
-    def set(self, values: list[float], best: float | None) -> None:
+    def set(self, values: list[float], best: float | None, metric: fmt.Metric | None = None) -> None:
         self.values, self.best = values, best
+        self.metric = metric or fmt.Metric()
         self.refresh()
 
     def render(self) -> Text:
@@ -110,7 +119,8 @@ class SparkLine(Widget):
             line.append("no results yet", style="dim")
             return line
         tail = f"  last {fmt.metric(self.values[-1])}"
-        best = f"  best {fmt.metric(self.best)}" if self.best is not None else ""
+        arrow = "↑" if self.metric.direction == "max" else "↓"
+        best = f"  best {arrow} {fmt.metric(self.best)}" if self.best is not None else ""
         room = max(4, min(SPARK_WIDTH, self.size.width - len(tail) - len(best)))
         line.append(fmt.spark(self.values, room), style=theme_style(self, SPARK_STYLE))
         line.append(tail)
@@ -128,12 +138,13 @@ class ChartPane(Vertical):
         self.redraws = 0  # counted so tests can check it redraws only on new results
         self.plot: Any = None
         self.data: tuple[dict[str, list], float | None] = (series([]), None)  # the series and baseline last shown
+        self.metric = fmt.Metric()
 
     def compose(self) -> ComposeResult:
         yield SparkLine(id="spark")
 
     def on_mount(self) -> None:
-        self.border_title = "val_bpb"
+        self.border_title = self.metric.title()
         on_theme_change(self, lambda: self._draw(*self.data))  # the series' colours
         # plotext costs a noticeable share of start-up: bring it in after the first frame.
         self.call_after_refresh(lambda: self.set_timer(0.05, self._mount_plot))
@@ -146,11 +157,22 @@ class ChartPane(Vertical):
         self.mount(self.plot)
         self._draw(*self.data)
 
-    def show(self, results: list[Result], baseline: float | None) -> None:
+    def set_metric(self, metric: fmt.Metric) -> None:
+        """The run's metric (name and direction) for the title and the sparkline."""
+        if metric == self.metric:
+            return
+        self.metric = metric
+        self.border_title = metric.title()
+        spark = self.query_one(SparkLine)
+        spark.set(spark.values, spark.best, metric)
+
+    def show(self, results: list[Result], baseline: float | None, metric: fmt.Metric | None = None) -> None:
+        """``metric``: the run's (name and direction); without it, the results' own name."""
         self.redraws += 1
+        self.set_metric(metric or fmt.Metric.of(results))
         s = series(results)  # once per result batch, shared by the sparkline and the plot
         self.data = (s, baseline)
-        self.query_one(SparkLine).set(s["y"], s["best_y"][-1] if s["best_y"] else None)
+        self.query_one(SparkLine).set(s["y"], s["best_y"][-1] if s["best_y"] else None, self.metric)
         self._draw(s, baseline)
 
     def _draw(self, s: dict[str, list], baseline: float | None) -> None:
@@ -173,3 +195,13 @@ class ChartPane(Vertical):
             if baseline is not None:
                 plt.hline(baseline, color=colour["baseline"])
         plot.refresh()
+
+
+def show_metric(screen: DOMNode, metric: fmt.Metric) -> None:
+    """Name the screen's chart, and its tab in the compact layout (``#tab-chart``), after
+    the run's metric."""
+    screen.query_one(ChartPane).set_metric(metric)
+    for tab in screen.query("#tab-chart").results(Tab):
+        label = f"2 {metric.name}"
+        if tab.label_text != label:
+            tab.label = Content(label)  # a name from a configuration file: never markup

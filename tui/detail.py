@@ -70,27 +70,33 @@ def load_experiment(run: RunDir, n: int) -> ExperimentFiles:
     return files
 
 
-def metrics_table(record: Result, run: RunDir, style: Callable[[str], Style], marks: tuple[Mark, ...] = ()) -> Table:
+def metrics_table(record: Result, run: RunDir, style: Callable[[str], Style], marks: tuple[Mark, ...] = (),
+                  metric: fmt.Metric | None = None) -> Table:
+    """The record as label/value rows. ``metric`` says which way is better (the run's
+    [target]; lower by default)."""
+    metric = metric or fmt.Metric(record.metric_name)
     t = Table.grid(padding=(0, 2))
     t.add_column(style="dim", no_wrap=True)
     t.add_column()
     label = record.status + (" (forced keep)" if record.forced else "")
     if record.remeasure:
-        label = "baseline (a re-measure of the best, to catch drift)"
+        label = f"{record.status} (a re-measure of the best, to catch drift)"
     t.add_row("status", Text(label, style=style(fmt.STATUS_STYLE.get(record.status, ""))))
     for mark in marks:
         t.add_row(Text(f"{mark.code} {mark.label}", style=style("bold $warning")), Text(mark.why))
-    metric = fmt.metric(record.metric, 6)
+    value = Text(fmt.metric(record.metric, 6))
     if len(record.runs) > 1:
-        metric += f"  (mean of {len(record.runs)} runs)"
-    t.add_row(record.metric_name, metric)
+        value.append(f"  (mean of {len(record.runs)} runs)")
+    if record.self_reported and record.scored:
+        value.append(f"  {fmt.SELF_REPORTED}: the run printed it; no trusted evaluation", style=style("$warning"))
+    t.add_row(record.metric_name, value)
     if len(record.runs) > 1:
         t.add_row("runs", ", ".join(fmt.metric(x, 6) for x in record.runs))
     if record.holdout is not None:
         t.add_row("holdout", fmt.metric(record.holdout, 6))
-    t.add_row("delta vs best before", fmt.delta(record.delta, 6))
+    t.add_row("delta vs best before", f"{fmt.delta(record.delta, 6)}  ({metric.better})")
     if record.threshold is not None:
-        t.add_row("needed", f"< -{record.threshold:.6f}")
+        t.add_row("needed", f"> +{record.threshold:.6f}" if metric.direction == "max" else f"< -{record.threshold:.6f}")
     if record.noise is not None:
         dof = f"  ({record.noise_dof} degrees of freedom)" if record.noise_dof is not None else ""
         t.add_row("noise", fmt.metric(record.noise, 6) + dof)
@@ -149,11 +155,12 @@ class ExperimentScreen(Screen):
     ExperimentScreen Log { height: 1fr; }
     """
 
-    def __init__(self, run: RunDir, record: Result, marks: tuple[Mark, ...] = ()):
+    def __init__(self, run: RunDir, record: Result, marks: tuple[Mark, ...] = (), metric: fmt.Metric | None = None):
         super().__init__()
         self.run = run
         self.record = record
         self.marks = marks
+        self.metric = metric or fmt.Metric(record.metric_name)  # the run's: which way is better
         self.loaded: ExperimentFiles | None = None
 
     def compose(self) -> ComposeResult:
@@ -185,12 +192,16 @@ class ExperimentScreen(Screen):
         r = self.record
         head = Text()
         head.append(f"Experiment #{r.n}  ", style="bold")
-        head.append("re-measure" if r.remeasure else r.status, style=style(fmt.STATUS_STYLE.get(r.status, "")))
+        head.append("re-measure" if r.remeasure and r.status == "baseline" else r.status,
+                    style=style(fmt.STATUS_STYLE.get(r.status, "")))
         if self.marks:
             head.append(f" {''.join(m.code for m in self.marks)}", style=style("bold $warning"))
-        head.append(f"  {r.metric_name} {fmt.metric(r.metric)}  {fmt.one_line(r.description)}")
+        head.append(f"  {r.metric_name} {fmt.metric(r.metric)}")
+        if r.self_reported and r.scored:
+            head.append(f" ({fmt.SELF_REPORTED})", style=style("$warning"))
+        head.append(f"  {fmt.one_line(r.description)}")
         self.query_one("#detail-head", Static).update(head)
-        self.query_one("#summary-metrics", Static).update(metrics_table(r, self.run, style, self.marks))
+        self.query_one("#summary-metrics", Static).update(metrics_table(r, self.run, style, self.marks, self.metric))
         if self.loaded is not None:
             diff = self.loaded.diff
             self.query_one("#diff-detail", Static).update(diff_renderable(diff, style) if diff else Text("(no diff.patch)", style="dim"))

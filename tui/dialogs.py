@@ -142,8 +142,11 @@ History
   f        filter by status
   /        search descriptions, hypotheses and commits
   escape   back
-  marks    H: a keep that lowered val_bpb but raised the holdout
+  marks    H: a keep that improved the metric but raised the holdout
            T: a keep whose tokens/s moved over 20% from the best's
+           S: self-reported: the run printed its metric, nothing trusted
+           R: a re-measure that caught the best reading ahead and revoked
+              it (X on the keeps it revoked: they no longer count)
 
 Every command shows the engine's answer: accepted, or refused and why.
 

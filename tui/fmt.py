@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 
@@ -22,6 +23,46 @@ STATUS_STYLE = {
     "rejected": "$warning",
     "interrupted": "$warning",
 }
+
+
+DEFAULT_METRIC = "val_bpb"  # engine.results.METRIC: this project's own scorer
+SELF_REPORTED = "self-reported"  # a metric the run printed itself, not a trusted evaluation
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What the run measures: its name and which way is better.
+
+    The name is the results' own (``Result.metric_name``), else the ``[target]`` metric in
+    state.json's configuration, else val_bpb; the direction is the target's ("min" unless
+    it says "max"). Every label of the monitor comes from here, never a literal val_bpb.
+    """
+
+    name: str = DEFAULT_METRIC
+    direction: str = "min"  # "min": lower is better; "max": higher is better
+
+    @classmethod
+    def of(cls, results: Sequence[Any] = (), config: Mapping[str, Any] | None = None) -> "Metric":
+        target = (config or {}).get("target")
+        target = target if isinstance(target, dict) else {}
+        name = results[-1].metric_name if results else target.get("metric")
+        direction = target.get("direction")
+        return cls(name if isinstance(name, str) and name else DEFAULT_METRIC,
+                   "max" if direction == "max" else "min")
+
+    @property
+    def better(self) -> str:
+        return "higher is better" if self.direction == "max" else "lower is better"
+
+    def improved(self, change: Any) -> bool:
+        """Whether a change of the metric (new - old) is for the better."""
+        if not isinstance(change, (int, float)):
+            return False
+        return change > 0 if self.direction == "max" else change < 0
+
+    def title(self) -> str:
+        """"val_bpb · lower is better": the chart's title."""
+        return f"{self.name} · {self.better}"
 
 
 def metric(value: Any, digits: int = 4) -> str:

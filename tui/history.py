@@ -1,13 +1,15 @@
 """Every experiment of the run: sortable, filterable by status, searchable.
 
 A list with a preview pane (the highlighted experiment's description and hypothesis);
-Enter opens the experiment in full.
+Enter opens the experiment in full. The metric's column is named after the run's metric
+(val_bpb, or a [target]'s); the marks column (``!``) carries the letters of tui/marks.py
+(H, T on keeps; S self-reported; R a re-measure that revoked a best, X the keep it revoked).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -33,8 +35,9 @@ Marked = Callable[[int], "tuple[Mark, ...]"]  # an experiment's number -> its ma
 
 
 def status_text(r: Result) -> str:
-    """A re-measure of the best is a baseline run; it says what it is."""
-    if r.remeasure:
+    """A re-measure of the best is a baseline run; it says what it is (one that failed,
+    as a revoking one does, keeps its status)."""
+    if r.remeasure and r.status == "baseline":
         return "re-measure"
     return r.status + (" (forced)" if r.forced else "")
 
@@ -46,16 +49,18 @@ def metric_text(r: Result) -> str:
 
 
 def _status_cell(r: Result) -> tuple[str, str]:
-    return status_text(r), "italic" if r.remeasure else fmt.STATUS_STYLE.get(r.status, "")
+    remeasured = r.remeasure and r.status == "baseline"
+    return status_text(r), "italic" if remeasured else fmt.STATUS_STYLE.get(r.status, "")
 
 
-def _delta_cell(r: Result) -> tuple[str, str]:
-    d = r.delta
-    return fmt.delta(d), "$success" if d is not None and d < 0 and r.status == "keep" else ""
+def columns(marked: Marked, metric: fmt.Metric | None = None) -> list[Column]:
+    """The history's columns; ``marked`` gives the marks column its letters, ``metric``
+    names the metric's column and says which deltas are gains."""
+    metric = metric or fmt.Metric()
 
-
-def columns(marked: Marked) -> list[Column]:
-    """The history's columns; ``marked`` gives the marks column its letters."""
+    def delta_cell(r: Result) -> tuple[str, str]:
+        d = r.delta
+        return fmt.delta(d), "$success" if r.status == "keep" and metric.improved(d) else ""
 
     def holdout_cell(r: Result) -> tuple[str, str]:
         if r.holdout is None:
@@ -64,15 +69,17 @@ def columns(marked: Marked) -> list[Column]:
         return fmt.metric(r.holdout), "$warning" if worse else ""
 
     def marks_cell(r: Result) -> tuple[str, str]:
-        return "".join(m.code for m in marked(r.n)), "bold $warning"
+        codes = "".join(m.code for m in marked(r.n))
+        return codes, "dim" if codes == "S" else "bold $warning"  # self-reported alone: every row of such a run
 
     return [
         Column("n", "#", 5, lambda r: (str(r.n), "dim"), lambda r: r.n, right=True),
         Column("status", "status", 11, _status_cell, lambda r: r.status),
-        Column("metric", "val_bpb", 9, lambda r: (metric_text(r), ""), lambda r: _num(r.metric), right=True),
+        Column("metric", metric.name, max(9, min(len(metric.name), 16)), lambda r: (metric_text(r), ""),
+               lambda r: _num(r.metric), right=True),
         Column("holdout", "holdout", 7, holdout_cell, lambda r: _num(r.holdout), right=True),
-        Column("delta", "delta", 8, _delta_cell, lambda r: _num(r.delta), right=True),
-        Column("marks", "!", 2, marks_cell, lambda r: (-len(marked(r.n)), r.n)),
+        Column("delta", "delta", 8, delta_cell, lambda r: _num(r.delta), right=True),
+        Column("marks", "!", 3, marks_cell, lambda r: (-len(marked(r.n)), r.n)),
         Column("description", "description", None, lambda r: (fmt.one_line(r.description), ""), lambda r: r.description.lower()),
         Column("duration", "time", 7, lambda r: (fmt.duration(r.wall_seconds), "dim"), lambda r: _num(r.wall_seconds),
                right=True, hide_below=90),
@@ -125,6 +132,10 @@ def measured_lines(r: Result) -> list[str]:
 class Preview(VerticalScroll):
     DEFAULT_CSS = "Preview { scrollbar-size-vertical: 1; }"
 
+    def __init__(self, hint: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hint = hint  # what Enter does, under the hypothesis
+
     def compose(self) -> ComposeResult:
         yield Static(id="preview-text")
 
@@ -142,7 +153,10 @@ class Preview(VerticalScroll):
         else:
             out.append(f"#{r.n}  ", style="bold")
             out.append(status_text(r), style=style(fmt.STATUS_STYLE.get(r.status, "")))
-            out.append(f"  {r.metric_name} {fmt.metric(r.metric)}  Δ {fmt.delta(r.delta)}\n")
+            out.append(f"  {r.metric_name} {fmt.metric(r.metric)}")
+            if r.self_reported and r.scored:
+                out.append(f" ({fmt.SELF_REPORTED})", style=style("$warning"))
+            out.append(f"  Δ {fmt.delta(r.delta)}\n")
             for line in measured_lines(r):
                 out.append(line + "\n", style="dim")
             for mark in marks:
@@ -152,11 +166,13 @@ class Preview(VerticalScroll):
             out.append("\n")
             out.append(fmt.one_line(r.description) + "\n\n", style="bold")
             out.append(r.hypothesis or "(no hypothesis recorded)")
-            out.append("\n\nEnter opens the diff, log and metrics.", style="dim")
+            if self.hint:
+                out.append(f"\n\n{self.hint}", style="dim")
         self.query_one("#preview-text", Static).update(out)
 
 
 class HistoryScreen(Screen):
+    PREVIEW_HINT = "Enter opens the diff, log and metrics."  # what Enter does here (watch mode: the commit)
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("slash", "search", "Search"),
@@ -179,10 +195,12 @@ class HistoryScreen(Screen):
     """
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
 
-    def __init__(self, run: RunDir, records: list[Result], marks: Marks | None = None):
+    def __init__(self, run: RunDir, records: list[Result], marks: Marks | None = None,
+                 metric: fmt.Metric | None = None):
         super().__init__()
         self.run = run
         self.records = records
+        self.metric = metric or fmt.Metric.of(records)  # the run's (name and direction); else the records' name
         self.columns: list[Column] = []
         self._use_marks(records, marks)
         self.status = "all"
@@ -200,7 +218,7 @@ class HistoryScreen(Screen):
                 yield TableHeader(self.columns, id="header")
                 yield VirtualTable(self.columns, id="table")
                 yield Static(id="mark-line")  # without the preview (narrow): what the row's marks mean
-            yield Preview(id="preview")
+            yield Preview(self.PREVIEW_HINT, id="preview")
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -266,7 +284,7 @@ class HistoryScreen(Screen):
             for r in records:
                 marks.add(r, self._standing)
         self.marks = marks
-        self.columns[:] = columns(marks.get)  # in place: the table and its header hold this list
+        self.columns[:] = columns(marks.get, self.metric)  # in place: the table and its header hold this list
 
     # -- events & actions -----------------------------------------------------------
 
@@ -276,7 +294,7 @@ class HistoryScreen(Screen):
     def on_virtual_table_selected(self, event: VirtualTable.Selected) -> None:
         from tui.detail import ExperimentScreen
 
-        self.app.push_screen(ExperimentScreen(self.run, event.record, self.marks.get(event.record.n)))
+        self.app.push_screen(ExperimentScreen(self.run, event.record, self.marks.get(event.record.n), self.metric))
 
     def on_table_header_clicked(self, event: TableHeader.Clicked) -> None:
         if event.key == self.sort_key:

@@ -2,8 +2,11 @@
 
 One widget that lays its own lines out for its size: the head and description at the
 top, the scores at the bottom, and the hypothesis in between, cut to fit (its start
-once the proposal is final; its newest words while it still streams in). Repainted
-only when what it shows changes.
+once the proposal is final; its newest words while it still streams in). Above the
+scores, one line tells of a pipelined proposal while there is one ("next #0013:
+thinking…"). The best is given with the run's metric (its name, and whether higher or
+lower is better) and says when the number is self-reported. Repainted only when what
+it shows changes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from tui.themes import on_theme_change, theme_style
 BAR_WIDTH = 24
 # Phases in which nothing moves until a person or the engine acts: their clock is coarse.
 IDLE_PHASES = ("paused", "error")
+# The pipelined proposal's state, as the experiment pane shows it (tui/model.py says it in words).
+NEXT_STYLE = {"thinking": "italic", "ready": "bold", "rebased": "bold", "dropped": "$warning"}
 
 
 def budget_bar(elapsed: float, budget: float, style: Callable[[str], Style], width: int = BAR_WIDTH) -> Text:
@@ -45,7 +50,8 @@ class HypothesisPane(Widget):
         self.hyp = ""
         self.streaming = False
         self.runs = Text()  # the measurements of a candidate so far (empty when there are none)
-        self.score: tuple[Text, ...] = ()  # the best, the noise, the counts, the agent: laid out in render()
+        self.next = Text()  # the pipelined proposal (empty when there is none)
+        self.score: tuple[Text, ...] = ()  # the best, against the baseline, the noise, the counts, the agent
         self._key: tuple | None = None
         self._shown: tuple[RunView, float] | None = None
         on_theme_change(self, self._restyle)
@@ -64,13 +70,15 @@ class HypothesisPane(Widget):
         hyp = view.hypothesis()
         streaming = bool(hyp) and n is not None and n not in view.proposals and not view.state.hypothesis
         runs = self._runs(view)
+        pending = self._next(view)
         score = self._score(view)
-        key = (n, head.plain, desc, hyp, streaming, runs.plain, tuple(t.plain for t in score))
+        key = (n, head.plain, desc, hyp, streaming, runs.plain, pending.plain, tuple(t.plain for t in score))
         if key == self._key:
             return  # nothing new: no repaint (a slow SSH link pays for every one)
         self._key = key
         self.border_title = f"Experiment #{n:04d}" if n is not None else "Experiment"
         self.head, self.hyp, self.streaming, self.score, self.runs = head, hyp, streaming, score, runs
+        self.next = pending
         self.desc = Text(desc, style="bold") if desc else Text("(no description yet)", style="dim")
         self.refresh()
 
@@ -84,6 +92,8 @@ class HypothesisPane(Widget):
         if self.runs:
             top.append(self._fit(self.runs, width))
         score_lines = [line for part in self._score_lines(width) for line in part.wrap(console, width)]
+        if self.next:
+            score_lines.insert(0, self._fit(self.next, width))
         room = height - len(top) - len(score_lines)
         if room < 1:  # tiny: keep the head, the description and what fits of the scores
             return Group(*(top + score_lines)[:height])
@@ -163,24 +173,40 @@ class HypothesisPane(Widget):
         best = view.best()
         if best is not None:
             gain = mean - best.metric
-            out.append(f"  {fmt.delta(gain)}", style=style("$success" if gain < 0 else ""))
+            out.append(f"  {fmt.delta(gain)}", style=style("$success" if view.metric().improved(gain) else ""))
             out.append(f" vs best {fmt.metric(best.metric)}", style="dim")
         return out
 
-    def _score(self, view: RunView) -> tuple[Text, Text, Text, Text]:
+    def _next(self, view: RunView) -> Text:
+        """The pipelined proposal: the agent writes the next change while this one trains."""
+        line = view.next_proposal()
+        out = Text()
+        if line is None:
+            return out
+        head, sep, word = line.partition(": ")
+        out.append(head + sep, style="dim")
+        state = (view.state.next_proposal or {}).get("state")
+        out.append(word, style=theme_style(self, NEXT_STYLE.get(state, "")))
+        return out
+
+    def _score(self, view: RunView) -> tuple[Text, ...]:
         best, base = view.best(), view.baseline()
+        metric = view.metric()
         style = partial(theme_style, self)
         out = Text()
-        out.append("best ", style="dim")
+        out.append(f"best {metric.name} ", style="dim")
         out.append(fmt.metric(best.metric if best else None), style="bold")
         if best is not None:
             out.append(f" (#{best.n})", style="dim")
+            if view.best_self_reported():
+                out.append(f" {fmt.SELF_REPORTED}", style=style("$warning"))
+        against = Text()  # its own part: it goes to the next line rather than break in two
         if best is not None and base is not None:
             gain = best.metric - base.metric
             pct = (gain / base.metric * 100) if base.metric else 0.0
-            out.append(f"  {fmt.delta(gain)} ({pct:+.2f}%)", style=style("$success" if gain < 0 else ""))
-            out.append(" vs baseline ", style="dim")
-            out.append(fmt.metric(base.metric))
+            against.append(f"{fmt.delta(gain)} ({pct:+.2f}%)", style=style("$success" if metric.improved(gain) else ""))
+            against.append(" vs baseline ", style="dim")
+            against.append(fmt.metric(base.metric))
         noise = Text(fmt.noise(view.noise()), style="dim")
         counts = view.counts()  # grouped by the engine's rule (engine.results.grouped_counts)
         tally = Text()
@@ -196,4 +222,4 @@ class HypothesisPane(Widget):
         agent.append("agent ", style="dim")
         agent.append(name if not model else f"{name} ({model})")
         agent.append(f"  ${view.cost():.2f}")
-        return out, noise, tally, agent
+        return tuple(part for part in (out, against, noise, tally, agent) if part)

@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Static, Tab, Tabs
 
 from tui import fmt
-from tui.chart_pane import ChartPane
+from tui.chart_pane import ChartPane, show_metric
 from tui.diff_pane import DiffPane
 from tui.hypothesis_pane import HypothesisPane
 from tui.keybar import KeyBar
@@ -54,7 +54,7 @@ class LiveScreen(Screen):
         Binding("l", "focus_log", "Log"),
         Binding("r", "restart", "Restart engine"),
         Binding("1", "tab(0)", "Log", show=False),
-        Binding("2", "tab(1)", "val_bpb", show=False),
+        Binding("2", "tab(1)", "Chart", show=False),
         Binding("3", "tab(2)", "Util", show=False),
         Binding("4", "tab(3)", "Diff", show=False),
     ]
@@ -142,6 +142,10 @@ class LiveScreen(Screen):
             self.show_top(*self._top)
         if self._banner is not None:
             self.show_banner(*self._banner)
+
+    def show_metric(self, metric: fmt.Metric) -> None:
+        """The run's metric names the chart and its tab."""
+        show_metric(self, metric)
 
     def show_top(self, view: RunView, engine: str, ack: Ack | None, polling: bool) -> None:
         self._top = (view, engine, ack, polling)

@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.results import IN_FLIGHT_PHASES, Baseline, Best, Noise, Result, Standing, State, grouped_counts
+from tui.fmt import Metric
 from tui.marks import Marks
 from tui.rundata import Batch
 
 # A live engine writes its heartbeat every few seconds; past this it looks stuck.
 HEARTBEAT_STALE_S = 60.0
+# state.json's next_proposal["state"] (engine/pipeline.py) in words.
+NEXT_STATES = {"thinking": "thinking…", "ready": "ready", "rebased": "rebased", "dropped": "dropped: asked again"}
 
 
 @dataclass
@@ -29,6 +32,7 @@ class RunView:
     tag: str
     state: State = field(default_factory=State)
     results: list[Result] = field(default_factory=list)
+    by_n: dict[int, Result] = field(default_factory=dict)  # the same records, by experiment number
     # The results folded by the engine's own rule, as they arrive (one add per result).
     standing: Standing = field(default_factory=Standing)
     marks: Marks = field(default_factory=Marks)  # what deserves a second look, by experiment (tui/marks.py)
@@ -49,12 +53,14 @@ class RunView:
             changed.add("state")
         if batch.results_reset:
             self.results = []
+            self.by_n = {}
             self.standing = Standing()
             self.marks = Marks()
             changed.add("results")
         if batch.results:
             self.results.extend(batch.results)
             for r in batch.results:
+                self.by_n[r.n] = r
                 self.marks.add(r, self.standing)  # folds r into the standing as well
             changed.add("results")
         for ev in batch.events:
@@ -161,6 +167,35 @@ class RunView:
     def best(self) -> Best | None:
         """The engine's best (state.json), else the results folded by the same rule."""
         return self.state.best or self.standing.best
+
+    def best_self_reported(self) -> bool:
+        """Whether the best's metric is what its run printed (no trusted evaluation)."""
+        best = self.best()
+        r = self.by_n.get(best.n) if best is not None else None
+        return r is not None and r.self_reported
+
+    def metric(self) -> Metric:
+        """The metric's name and direction: the results' own name, else the [target]'s."""
+        return Metric.of(self.results, self.state.config)
+
+    def next_proposal(self) -> str | None:
+        """The pipelined proposal in one line ("next #0013: thinking…"), or None when
+        there is none to tell of (none, one left from an earlier experiment, the engine gone).
+        Once the proposal has become the experiment in flight, only a rebase is told."""
+        pending = self.state.next_proposal
+        if not pending or self.alive is False:
+            return None
+        n = pending.get("n")
+        n = n if isinstance(n, int) and not isinstance(n, bool) else None
+        state = pending.get("state")
+        word = NEXT_STATES.get(state, str(state)) if isinstance(state, str) and state else "?"
+        current = self.n
+        if n is not None and current is not None:
+            if n < current:
+                return None
+            if n == current and self.phase != "proposing":
+                return f"#{n:04d} was written ahead, then rebased on the new best" if state == "rebased" else None
+        return f"next #{n:04d}: {word}" if n is not None else f"next: {word}"
 
     def baseline(self) -> Baseline | None:
         return self.state.baseline or self.standing.baseline

@@ -2,8 +2,9 @@
 is running and there are several tags (with one, it opens that run directly).
 
 Each run's line: its tag, its state (running, paused, stopped, error, or gone: the
-engine died without stopping), the best val_bpb, how many experiments it recorded and
-when it was last active. The newest activity comes first; Enter opens the highlighted
+engine died without stopping), its best (under the run's metric: val_bpb, or a
+[target]'s; each value is named when the runs measure different things), how many
+experiments it recorded and when it was last active. The newest activity comes first; Enter opens the highlighted
 run's monitor, q or Esc leaves. The run directories are read in a thread worker.
 """
 
@@ -42,6 +43,7 @@ class RunSummary:
     experiments: int
     last_active: float | None  # unix time of the last sign of life
     error: str | None = None
+    metric: str = METRIC  # what its best measures (a [target]'s metric, from state.json's configuration)
 
 
 def _mtime(path: Path) -> float | None:
@@ -81,7 +83,7 @@ def summarize(repo: Path, tag: str, alive: Callable[[Path], bool] = is_locked) -
     best = state.best
     return RunSummary(tag=tag, state=word, best=best.metric if best else None, best_n=best.n if best else None,
                       experiments=_count_lines(rd.results_jsonl), last_active=max(times) if times else None,
-                      error=state.error)
+                      error=state.error, metric=fmt.Metric.of((), state.config).name)
 
 
 def summarize_all(repo: Path, tags: list[str], alive: Callable[[Path], bool] = is_locked) -> list[RunSummary]:
@@ -90,11 +92,15 @@ def summarize_all(repo: Path, tags: list[str], alive: Callable[[Path], bool] = i
     return sorted(runs, key=lambda r: (r.last_active or 0.0, r.tag), reverse=True)
 
 
-def run_columns(now: Callable[[], float]) -> list[Column]:
+def run_columns(now: Callable[[], float], metric: str = METRIC) -> list[Column]:
+    """The list's columns; ``metric`` heads the best's column: the metric every run
+    measures, or "best" when they differ (each value then says its own)."""
+
     def best(r: RunSummary) -> tuple[str, str]:
         if r.best is None:
             return "—", "dim"
-        return f"{fmt.metric(r.best)} (#{r.best_n})", ""
+        value = f"{fmt.metric(r.best)} (#{r.best_n})"
+        return (value if r.metric == metric else f"{r.metric} {value}"), ""
 
     def active(r: RunSummary) -> tuple[str, str]:
         if r.last_active is None:
@@ -105,7 +111,8 @@ def run_columns(now: Callable[[], float]) -> list[Column]:
     return [
         Column("tag", "tag", 14, lambda r: (r.tag, "bold"), lambda r: r.tag),
         Column("state", "state", 8, lambda r: (r.state, STATE_STYLE.get(r.state, "")), lambda r: r.state),
-        Column("best", METRIC, 14, best, lambda r: r.best if r.best is not None else float("inf"), right=True),
+        Column("best", metric, 24 if metric == "best" else max(14, min(len(metric), 20)), best,
+               lambda r: r.best if r.best is not None else float("inf"), right=True),
         Column("experiments", "experiments", 11, lambda r: (f"{r.experiments:,}", ""), lambda r: r.experiments,
                right=True),
         Column("active", "last activity", None, active, lambda r: r.last_active or 0.0),
@@ -153,6 +160,10 @@ class RunsScreen(Screen[str]):
 
     def show_runs(self, runs: list[RunSummary]) -> None:
         self.runs = runs
+        metrics = {r.metric for r in runs}
+        if metrics != {METRIC}:  # in place: the table and its header hold this list
+            self.columns[:] = run_columns(self.clock, metrics.pop() if len(metrics) == 1 else "best")
+            self.query_one(TableHeader).refresh()
         self.query_one(VirtualTable).set_rows(runs)
 
     def on_virtual_table_highlighted(self, event: VirtualTable.Highlighted) -> None:

@@ -37,7 +37,7 @@ from engine.watch import (
     kill_training,
 )
 from tui import fmt
-from tui.chart_pane import ChartPane
+from tui.chart_pane import ChartPane, show_metric
 from tui.dialogs import ConfirmModal
 from tui.diff_pane import DiffPane, DiffScreen
 from tui.log_pane import LogPane
@@ -201,7 +201,9 @@ class WatchApp(App[None]):
                 pane.reset(None)
             pane.append(batch.log_lines, batch.log_partial, batch.log_skipped_bytes)
         if results_changed:
-            screen.query_one(ChartPane).show(info.results, info.baseline)
+            metric = fmt.Metric.of(info.results)  # results.tsv's header names it
+            screen.query_one(ChartPane).show(info.results, info.baseline, metric)
+            show_metric(screen, metric)
             self._history_add(batch)
         if batch.diff is not None:
             pane = screen.query_one(DiffPane)

@@ -3,8 +3,9 @@ Claude Code or Codex), shown with the monitor's own panes.
 
 The live layout is the monitor's: the loop pane (the training process, the best against
 the baseline, the counts, the branch's recent commits) where the experiment pane is, then
-the val_bpb chart, the streaming run.log, GPU/CPU and the uncommitted diff. The keys that
-steer our engine are shown but unavailable, and say why; ``K`` ends a hung training run.
+the chart of results.tsv's metric, the streaming run.log, GPU/CPU and the uncommitted
+diff. The keys that steer our engine are shown but unavailable, and say why; ``K`` ends
+a hung training run.
 Keys are bound here; the work behind them lives in tui/watch_app.py.
 """
 
@@ -187,16 +188,6 @@ class LoopPane(Widget):
         return Group(*out)
 
 
-class WatchKeyBar(KeyBar):
-    """KeyBar redraws only when its plain text changes, but ``K`` turns from dimmed to
-    available (a training run appeared) with the same text: always redraw on a refresh
-    of the bindings (rare: when the training process comes or goes, focus moves)."""
-
-    def refresh_keys(self) -> None:
-        self._plain = None
-        super().refresh_keys()
-
-
 class WatchScreen(Screen):
     BINDINGS = [
         *(Binding(key, f"steer('{label.lower()}')", label) for key, label in STEERING.items()),
@@ -205,7 +196,7 @@ class WatchScreen(Screen):
         Binding("l", "focus_log", "Log"),
         Binding("K", "kill_training", "Kill training"),
         Binding("1", "tab(0)", "Log", show=False),
-        Binding("2", "tab(1)", "val_bpb", show=False),
+        Binding("2", "tab(1)", "Chart", show=False),
         Binding("3", "tab(2)", "Util", show=False),
         Binding("4", "tab(3)", "Diff", show=False),
     ]
@@ -244,9 +235,9 @@ class WatchScreen(Screen):
             )
             yield ChartPane(id="chart", classes="pane switchable")
             yield LogPane(id="log-pane", classes="pane switchable -active")
-            yield UtilPane(id="util", classes="pane switchable")
+            yield UtilPane(id="util", classes="pane switchable", root_label="train.py")
             yield DiffPane(id="diff", classes="pane switchable")
-        yield WatchKeyBar()
+        yield KeyBar()  # redrawn when K turns available or dimmed with the same words
 
     def on_mount(self) -> None:
         self._top: tuple[str, TrainingProcess | None] | None = None
@@ -338,6 +329,8 @@ class WatchScreen(Screen):
 
 class WatchHistoryScreen(HistoryScreen):
     """results.tsv as the history; Enter shows the row's commit (``git show``)."""
+
+    PREVIEW_HINT = "Enter shows the commit."
 
     def on_virtual_table_selected(self, event) -> None:  # type: ignore[no-untyped-def, override]
         event.stop()

@@ -195,7 +195,7 @@ class FakeEngine:
         self.results.append(result)
         self.standing.add(result)
         if result.scored:
-            atomic_write_json(self.run.experiment(result.n) / "eval.json", {"val_bpb": result.metric, "bytes": 123456})
+            atomic_write_json(self.run.experiment(result.n) / "eval.json", {result.metric_name: result.metric, "bytes": 123456})
         self.set_state(phase="deciding", **self.standing_fields())
         self.event("result", **result.short())
         return result
@@ -322,6 +322,47 @@ def decisions(engine: FakeEngine) -> None:
     engine.remeasure(9, 1.8500, holdout=1.9260, tokens_per_sec=30400.0, why="recent runs' throughput moved -24%")
     engine.begin(10, "weight decay 0.1 -> 0.05", "Less weight decay lets the wider MLP use its capacity.")
     engine.confirming(10, [1.8390])
+
+
+# A [target]: another repository's agent scored by its own run (no trusted evaluate), the
+# agent pipelined (it writes the next change while the current one trains).
+TARGET_CONFIG = {"loop": {"confirm_runs": 1, "baseline_runs": 2, "pipeline": True},
+                 "target": {"run": "python eval_agent.py", "metric": "score", "direction": "max", "evaluate": None}}
+TARGET_LOG = [f"episode {i:03d}/120 | solved {i // 2 + 3}/{i + 5} | reward {0.61 + i / 2000:.4f}" for i in range(0, 80, 4)]
+
+
+def target_run(engine: FakeEngine) -> None:
+    """A run on a [target] whose metric is "score", higher is better, printed by the run
+    itself (every number self-reported), with #0006 running and the agent already
+    writing #0007 (pipelined)."""
+    engine.set_state(config=TARGET_CONFIG)
+    own = {"metric_name": "score"}
+    printed = {**own, "self_reported": True}
+    engine.finish(0, "baseline", 0.6120, "baseline: unmodified agent.py (run 1 of 2)", **printed)
+    engine.finish(1, "baseline", 0.6180, "baseline: unmodified agent.py (run 2 of 2)", **printed)
+    engine.finish(2, "keep", None, "few-shot examples in the prompt", runs=[0.6540, 0.6580], threshold=0.012, **printed)
+    engine.finish(3, "discard", 0.6490, "temperature 0.7 -> 0.3", threshold=0.012, **printed)
+    engine.finish(4, "crash", None, "parallel tool calls", error="exit status 1: KeyError: 'tool'", **own)
+    engine.finish(5, "keep", None, "retry once on a malformed answer", runs=[0.6810, 0.6770], threshold=0.011,
+                  **printed)
+    engine.begin(6, "shorter system prompt", "A shorter system prompt leaves more of the context for the task "
+                 "itself, and the model follows the answer format as well without the long preamble.")
+    engine.set_state(next_proposal={"n": 7, "state": "thinking"})
+
+
+NON_CAUSAL = "the scorer refused the model: non-causal (changing later bytes changed earlier predictions)"
+
+
+def revoked_run(engine: FakeEngine) -> None:
+    """A best caught reading ahead: #0003 (kept) was the best until the drift guard's
+    re-measure, #0005, found it non-causal: #0003 no longer counts, and the best is #0002 again."""
+    engine.finish(0, "baseline", 1.9000, "baseline: unmodified train.py (run 1 of 2)")
+    engine.finish(1, "baseline", 1.9060, "baseline: unmodified train.py (run 2 of 2)")
+    engine.finish(2, "keep", 1.8800, "raise LEARNING_RATE 0.003 -> 0.004")
+    engine.finish(3, "keep", 1.7900, "attention window +1")
+    engine.finish(4, "discard", 1.7950, "deeper: N_LAYER 4 -> 6")
+    engine.finish(5, "crash", None, "re-measure the best (#0003): 2 experiments since it was last measured",
+                  baseline=True, remeasure=True, revokes=3, error=f"{NON_CAUSAL}; #0003 is no longer the best")
 
 
 def main(argv: list[str]) -> None:

@@ -51,7 +51,7 @@ async def test_panes_show_what_the_files_say(engine):
         assert "raise LR to 0.004" in text
         assert "A higher LR converges faster" in text
         best = engine.state.best
-        assert f"best {best.metric:.4f} (#{best.n})" in text and "baseline 1.9000" in text
+        assert f"best val_bpb {best.metric:.4f} (#{best.n})" in text and "baseline 1.9000" in text
         counts = engine.standing.grouped_counts()
         assert f"keep {counts['keep']} · discard {counts['discard']} · failed {counts['failed']}" in text
         assert log_lines(app) == ["step 1 | loss 3.2", "step 2 | loss 3.1"]
@@ -77,7 +77,7 @@ async def test_new_log_lines_results_and_experiments_appear(engine):
         engine.finish(1, "keep", 1.85, "first change")
         await wait_for(pilot, lambda: len(app.view.results) == 2, "the new result")
         await wait_for(pilot, lambda: chart.redraws == redraws + 1, "one chart redraw")
-        await wait_for(pilot, lambda: "best 1.8500" in hyp_text(app), "the new best")
+        await wait_for(pilot, lambda: "best val_bpb 1.8500" in hyp_text(app), "the new best")
         engine.begin(2, "second change", "h2", diff="--- a/train.py\n+++ b/train.py\n+X = 1\n")
         engine.log(2, "fresh start")
         await wait_for(pilot, lambda: log_lines(app) == ["fresh start"], "the new experiment's log alone")

@@ -11,7 +11,7 @@ import pytest
 from textual.widgets import Input, Static
 
 from tests.tui.conftest import FixedSampler, fixed_clock, wait_for
-from tests.tui.fake_engine import T0, FakeEngine, decisions, history
+from tests.tui.fake_engine import TARGET_LOG, T0, FakeEngine, decisions, history, revoked_run, target_run
 from tests.tui.test_runs_screen import make_runs
 from tui.app import MonitorApp
 from tui.diff_pane import DiffScreen
@@ -342,6 +342,55 @@ def test_history_with_marks(decided_engine, snap_compare, size):
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+# -- a [target]'s metric, a revoked best ---------------------------------------------------------
+
+
+@pytest.fixture
+def target_engine(repo):
+    engine = FakeEngine(repo, "nov26", agent={"name": "claude", "model": "claude-sonnet-5-5"})
+    engine.start()
+    target_run(engine)
+    engine.log(6, *TARGET_LOG)
+    yield engine
+    engine.release()
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["wide", "compact"])
+def test_live_screen_target(target_engine, snap_compare, size):
+    """Another repository's "score", higher is better, self-reported: the chart, its tab and
+    the best say so; the agent writes #0007 while #0006 runs (the next proposal's line)."""
+    app = live_app(target_engine)
+
+    async def run_before(pilot) -> None:
+        await wait_for(pilot, lambda: len(app.view.results) == len(target_engine.results), "results")
+        await wait_for(pilot, lambda: app.screen.query_one(LogPane).log.line_count == len(TARGET_LOG), "the log")
+        await wait_for(pilot, lambda: app.screen.query_one(UtilPane).samples == 1, "a sample")
+        await wait_for(pilot, lambda: app.screen.query_one("#chart").plot is not None, "the plot")
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_history_revoked_best(repo, snap_compare):
+    """#0005, a re-measure, caught the best #0003 reading ahead: R on it (the preview says
+    which it revoked), X on #0003, and the header's best is #0002 again."""
+    engine = FakeEngine(repo, "nov27").start()
+    revoked_run(engine)
+    app = live_app(engine)
+
+    async def run_before(pilot) -> None:
+        await wait_for(pilot, lambda: len(app.view.results) == len(engine.results), "results")
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen), "the history")
+        await wait_for(pilot, lambda: app.screen.table.current.n == 5, "#5")
+        await settle(pilot)
+
+    try:
+        assert snap_compare(app, terminal_size=(120, 30), run_before=run_before)
+    finally:
+        engine.release()
 
 
 # -- the runs of a repository ------------------------------------------------------------

@@ -64,11 +64,11 @@ async def test_chart_and_header_agree_with_standing(journal, source):
         chart = app.screen.query_one(ChartPane)
         await wait_for(pilot, lambda: chart.data[0]["x"], "the chart")
         pane = app.screen.query_one(HypothesisPane)
-        await wait_for(pilot, lambda: f"best {fmt.metric(best.metric)}" in rendered(pane), "the header")
+        await wait_for(pilot, lambda: f"best val_bpb {fmt.metric(best.metric)}" in rendered(pane), "the header")
 
         assert app.view.best() == best and app.view.baseline() == base and app.view.counts() == counts
         header = rendered(pane)
-        assert f"best {fmt.metric(best.metric)} (#{best.n})" in header
+        assert f"best val_bpb {fmt.metric(best.metric)} (#{best.n})" in header
         assert f"vs baseline {fmt.metric(base.metric)}" in header
         assert f"noise ±{noise.sigma:.4f} (2 runs)" in header  # pooled, as the engine decides with it
         assert "keep 2 · discard 2 · failed 5 · other 5" in header
@@ -76,4 +76,5 @@ async def test_chart_and_header_agree_with_standing(journal, source):
         s = chart.data[0]
         assert s["best_y"][-1] == best.metric == running_best(results)[-1][1]
         assert chart.data[1] == base.metric  # the baseline line
-        assert f"best {fmt.metric(best.metric)}" in rendered(app.screen.query_one("#spark"))
+        assert f"best ↓ {fmt.metric(best.metric)}" in rendered(app.screen.query_one("#spark"))
+        assert chart.border_title == "val_bpb · lower is better"

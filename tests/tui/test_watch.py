@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from textual.widgets import Static
 
 from engine.watch import WatchReader
 from tests.engine.test_watch import found, karpathy_repo, porcelain, start_training, stop, tree_state
@@ -20,7 +21,9 @@ from tests.tui.test_tmux_e2e import TMUX, Tmux
 from tui.chart_pane import ChartPane
 from tui.diff_pane import DiffPane, DiffScreen
 from tui.dialogs import ConfirmModal
+from tui.history import Preview
 from tui.log_pane import LogPane
+from tui.util_pane import UtilPane
 from tui.watch_app import WatchApp
 from tui.watch_screen import LoopPane, WatchHistoryScreen, WatchScreen
 
@@ -70,6 +73,10 @@ async def test_the_watch_screen_shows_the_loop(karpathy):
             assert f"watching {repo} (driven by another program)" in top and f"pid {proc.pid}" in top
             chart = app.screen.query_one(ChartPane)
             assert chart.data[0]["best_y"][-1] == pytest.approx(0.9905) and chart.data[1] == pytest.approx(0.9979)
+            assert chart.border_title == "val_bpb · lower is better"  # results.tsv's header names the metric
+            util = app.screen.query_one(UtilPane)
+            await wait_for(pilot, lambda: util.samples > 0, "a sample")
+            assert "train.py pid 4242" in str(util.render())  # the tree's root is train.py, not an engine
 
             # The log streams: new lines follow the tail, the progress line updates.
             with open(repo / "run.log", "a") as f:
@@ -147,6 +154,8 @@ async def test_history_and_diff_screens(karpathy):
         history = app.screen
         assert [r.description for r in history.table.rows][:2] == ["halve the batch size", "add 10% warmup"]
         assert "History · nov25" in str(history.query_one("#list").border_title)
+        preview = str(history.query_one(Preview).query_one("#preview-text", Static).render())
+        assert "Enter shows the commit." in preview and "Enter opens" not in preview
         history.table.cursor = 1  # the discarded experiment: its commit was reset away, git still has it
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, DiffScreen), "the commit")
