@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ctl", help="send a command to the running engine")
     _common(p)
     p.add_argument("action", choices=CTL_ACTIONS)
-    p.add_argument("text", nargs="*", help="the note's text (for note)")
+    p.add_argument("text", nargs="*", help="the note's text (for note); the experiment's number (for skip and "
+                                          "keep, when several workers run)")
 
     p = sub.add_parser("history", help="every experiment of a run")
     _common(p)

@@ -281,7 +281,9 @@ def ctl(args: argparse.Namespace, argv: list[str]) -> int:
     text = " ".join(args.text).strip() if args.text else None
     if args.action == "note" and not text:
         raise UsageError("ctl note needs the note's text: autoresearch ctl note 'try a smaller model'")
-    if args.action != "note" and text:
+    if args.action in ("skip", "keep") and text and not text.lstrip("#").isdigit():
+        raise UsageError(f"ctl {args.action} takes an experiment number (with several workers): ctl {args.action} 12")
+    if args.action not in ("note", "skip", "keep") and text:
         raise UsageError(f"ctl {args.action} takes no text")
     rd = RunDir.for_tag(repo, tag)
     if not is_locked(rd.lock):

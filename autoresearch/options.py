@@ -15,6 +15,7 @@ RUN_OPTIONS: list[tuple[str, str, type, str, str]] = [
     ("--max-cost", "agent.max_cost", float, "USD", "pause the loop when the agent has cost this much"),
     ("--model", "agent.model", str, "NAME", "the Claude model (for --agent claude)"),
     ("--agent-command", "agent.command", str, "CMD", "the agent CLI (for --agent command), prompt on stdin"),
+    ("--workers", "loop.workers", int, "N", "experiments at once (default: one per GPU; 1 on a CPU)"),
     ("--seed", "loop.seed", int, "N", "seed for the heuristic agent"),
 ]
 

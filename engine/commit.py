@@ -38,7 +38,7 @@ def scope_problems(paths: list[str], mutable: list[str], evaluator: str | None =
 
 def commit_baseline(s: Session, draft: Result, exp_dir: Path) -> str | None:
     """A baseline run measures the best commit as it is."""
-    parent = s.best_commit()
+    parent = draft.parent or s.best_commit()
     draft.parent = parent
     (exp_dir / "diff.patch").write_text("")
     problems = s.fingerprint.problems(Fingerprint.of(s.rd.worktree))
@@ -47,18 +47,20 @@ def commit_baseline(s: Session, draft: Result, exp_dir: Path) -> str | None:
         return "; ".join(problems)
     draft.commit = parent
     s.wt.set_ref(experiment_ref(s.tag, draft.n), parent)
-    s.journal.update_state(commit=parent)
+    s.update_flight(commit=parent)
     return None
 
 
 def check_and_commit(s: Session, draft: Result, exp_dir: Path, metadata: GitMetadata,
                      known_problems: list[str] = ()) -> str | None:
     """Commit the agent's change, or return why it is rejected (the worktree is then reset)."""
-    parent = s.best_commit()
+    parent = draft.parent or s.best_commit()  # the best the agent worked on
     draft.parent = parent
-    git_changes = metadata.changes()
-    if git_changes:
-        metadata.restore()  # a planted hook or filter must not outlive the proposal
+    with s.decide_lock:  # workers share the repository's metadata
+        git_changes = metadata.changes()
+        if git_changes:
+            metadata.restore()  # a planted hook or filter must not outlive the proposal
+        s.git_metadata_checked()
     ignored = s.wt.ignored_paths()
     change = s.wt.change()
     (exp_dir / "diff.patch").write_text(change.diff, encoding="utf-8")
@@ -74,7 +76,7 @@ def check_and_commit(s: Session, draft: Result, exp_dir: Path, metadata: GitMeta
     links = s.wt.symlinks(change.paths)
     if links:
         problems.append(f"made symbolic links (only regular files may change): {', '.join(links[:10])}")
-    for problem in s.fingerprint.problems(Fingerprint.of(s.rd.worktree)):
+    for problem in s.fingerprint.problems(Fingerprint.of(s.wt.path)):
         if "manifest" in problem:
             # The data cache changed (no agent edit does that): hold the loop for a human.
             s.pause_with_error(problem)
@@ -88,5 +90,5 @@ def check_and_commit(s: Session, draft: Result, exp_dir: Path, metadata: GitMeta
     commit = s.wt.commit(message)
     draft.commit = commit
     s.wt.set_ref(experiment_ref(s.tag, draft.n), commit)
-    s.journal.update_state(commit=commit)
+    s.update_flight(commit=commit)
     return None

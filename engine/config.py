@@ -51,6 +51,17 @@ def cuda_available() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (without torch):
+    the variable's own list when it is set, else one per GPU the driver lists."""
+    names = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if names is not None:
+        return [x.strip() for x in names.split(",") if x.strip() and x.strip() != "-1"]
+    gpus = Path("/proc/driver/nvidia/gpus")
+    count = len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    return [str(i) for i in range(count)]
+
+
 @dataclass
 class LoopConfig:
     budget_seconds: float | None = None  # None: 300 on CUDA, 60 on CPU
@@ -76,6 +87,7 @@ class LoopConfig:
     noise_prior: float = 0.01  # prior run-to-run noise, as a share of the baseline metric, until data outweighs it
     min_free_gb: float = 1.0  # the loop pauses before an experiment when less disk is free in the run directory
     max_failures_in_a_row: int = 5  # experiments that crash, time out, hang, run out of memory or NaN: then pause
+    workers: int | None = None  # experiments at once; None: one per visible GPU, 1 on a CPU (engine/lanes.py)
 
     def effective_budget(self) -> float:
         if self.budget_seconds is not None:
@@ -88,6 +100,11 @@ class LoopConfig:
         if self.startup_seconds is not None:
             return float(self.startup_seconds)
         return 90.0 if cuda_available() else 20.0
+
+    def effective_workers(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return max(1, len(visible_gpus())) if cuda_available() else 1
 
     def effective_timeout(self) -> float:
         if self.timeout_seconds is not None:
@@ -166,6 +183,8 @@ class Config:
 
     def effective_pipeline(self) -> bool:
         """Pipelining pays where proposing takes time (an LLM); the heuristic is instant."""
+        if self.loop.effective_workers() > 1:
+            return False  # several workers already propose while others train
         if self.loop.pipeline is not None:
             return self.loop.pipeline
         return self.agent.effective_name() != "heuristic"
@@ -178,6 +197,7 @@ class Config:
         d["loop"]["startup_seconds"] = self.loop.effective_startup()
         d["agent"]["name"] = self.agent.effective_name()
         d["loop"]["pipeline"] = self.effective_pipeline()
+        d["loop"]["workers"] = self.loop.effective_workers()
         d["notify"]["urls"] = [redact_url(u) for u in self.notify.effective_urls()]  # tokens stay out of state.json
         if self.target is None:
             del d["target"]
@@ -282,6 +302,8 @@ def validate(config: Config) -> None:
         raise ConfigError("baseline_runs must be at least 1")
     if loop.max_experiments is not None and loop.max_experiments < 1:
         raise ConfigError("max_experiments must be at least 1")
+    if loop.workers is not None and not 1 <= loop.workers <= 64:
+        raise ConfigError("workers must be between 1 and 64")
     if not loop.mutable:
         raise ConfigError("[loop] mutable must name at least one file")
     for name in loop.mutable:

@@ -21,12 +21,17 @@ from .steering import acknowledge
 from .trial import Outcome
 
 
-def judge(s: Session, runs: list[float]) -> Decision:
-    """The rule applied to a change's runs so far, against the current best."""
+def judge(s: Session, runs: list[float], against: str | None = None) -> Decision:
+    """The rule applied to a change's runs so far, against the current best, or against
+    the commit ``against`` it was measured on (an older best: with several workers)."""
     loop = s.config.loop
     f = s.flight
-    return decide(runs, s.standing.best.metric, decision=loop.decision, min_delta=loop.min_delta,
-                  noise_k=loop.noise_k, noise=decision_noise(s), best_runs=s.standing.best_runs,
+    reference, reference_runs = s.standing.best.metric, s.standing.best_runs
+    measured = s.standing.measurements.get((against, s.budget)) if against else None
+    if measured and against != s.best_commit():
+        reference, reference_runs = statistics.fmean(measured), len(measured)
+    return decide(runs, reference, decision=loop.decision, min_delta=loop.min_delta,
+                  noise_k=loop.noise_k, noise=decision_noise(s), best_runs=reference_runs,
                   confirm_runs=loop.confirm_runs, forced=bool(f and f.keep), direction=s.config.direction)
 
 
@@ -96,6 +101,8 @@ def finish(s: Session, draft: Result, outcomes: list[Outcome], decision: Decisio
     draft.wall_seconds = round(time.monotonic() - t0, 3)
     draft.timings = timings
     s.record(draft)
+    if s.main_wt is not s.wt and s.rd.worktree.exists():
+        s.main_wt.reset_to(s.best_commit())  # with several workers the run's worktree mirrors the best
     if draft.revokes is not None and s.rd.worktree.exists():
         s.wt.reset_to(s.best_commit())
         s.say(f"#{draft.n:04d} revoked #{draft.revokes:04d}: the best is #{s.standing.best.n:04d} again"

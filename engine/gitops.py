@@ -260,6 +260,11 @@ class Worktree:
             return False
         return True
 
+    def diff(self, a: str, b: str) -> str:
+        """The change from commit ``a`` to ``b``, as a patch ``apply`` replays exactly."""
+        diff = self.repo.git.diff("--no-color", "--no-ext-diff", "--full-index", "--binary", a, b)
+        return diff + "\n" if diff else ""
+
     def set_ref(self, ref: str, sha: str) -> None:
         self.repo.git.update_ref(ref, sha)
 
@@ -312,12 +317,14 @@ class GitMetadata:
 
     WATCHED = ("config", "info/exclude", "info/attributes", "hooks")
 
-    def __init__(self, repo: git.Repo):
-        self.roots = [common_dir(repo)]
-        private = Path(repo.git.rev_parse("--git-dir"))
-        private = private if private.is_absolute() else (Path(repo.working_tree_dir) / private).resolve()
-        if private != self.roots[0]:
-            self.roots.append(private)  # a worktree's own config.worktree and info/
+    def __init__(self, *repos: git.Repo):
+        """``repos``: worktrees of one repository (the workers' own, when there are several)."""
+        self.roots = [common_dir(repos[0])]
+        for repo in repos:
+            private = Path(repo.git.rev_parse("--git-dir"))
+            private = private if private.is_absolute() else (Path(repo.working_tree_dir) / private).resolve()
+            if private not in self.roots:
+                self.roots.append(private)  # a worktree's own config.worktree and info/
         self.files = self._read()
 
     def _read(self) -> dict[Path, bytes]:

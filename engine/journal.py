@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import rundir
 from .results import Result, State
@@ -48,6 +48,7 @@ class Journal:
         self.state = State()
         self._last_heartbeat = 0.0
         self.write_error: str | None = None
+        self.context: Callable[[], dict[str, Any]] | None = None  # fields every event gets (its worker)
 
     # --- start-up ---------------------------------------------------------------
 
@@ -80,7 +81,8 @@ class Journal:
                 self.write_error = f"could not append to results.tsv: {e.strerror or e}"
 
     def event(self, type_: str, fsync: bool = True, **fields: Any) -> None:
-        record = {"ts": round(time.time(), 3), "type": type_, **fields}
+        context = self.context() if self.context is not None else {}
+        record = {"ts": round(time.time(), 3), "type": type_, **context, **fields}
         with self._lock:
             try:
                 rundir.append_jsonl(self.rd.events_jsonl, record, fsync=fsync)

@@ -43,8 +43,8 @@ from .config import Config
 from .errors import UsageError
 from .decide import Decision
 from .finish import finish, judge
-from .gitops import GitMetadata
 from .journal import JournalError
+from .lanes import Job, make_lanes, reapply_on_best, record_unrun, run_lanes
 from .preflight import preflight_problem
 from .pipeline import NextProposal
 from .propose import propose
@@ -63,7 +63,9 @@ class Engine:
                  agent_retry_seconds: float = 5.0, agent_stop_wait: float = 2.0, **kwargs):
         self.s = Session(repo, tag, config, agent, out=out, kill_grace=kill_grace,
                          agent_retry_seconds=agent_retry_seconds, agent_stop_wait=agent_stop_wait, **kwargs)
+        self.s.lanes = make_lanes(config.loop.effective_workers())
         self.next: NextProposal | None = None  # a pipelined proposal being written
+        self.taken = 0  # experiments this engine has numbered (for max_experiments)
 
     # Read-only views for callers and tests.
     @property
@@ -139,28 +141,50 @@ class Engine:
 
     def _loop(self) -> None:
         s = self.s
-        done = 0
-        limit = s.config.loop.max_experiments
-        while not s.stopping:
-            if limit is not None and done >= limit:
-                s.stop_reason = f"reached --max-experiments {limit}"
-                s.say(s.stop_reason)
-                break
-            if not self._hold_while_paused():
-                break
-            if self._pause_for_the_machine():
-                continue
-            cap = s.config.agent.max_cost
-            if cap is not None and not s.cost_cap_lifted and s.cost_usd >= cap and not self._needs_baseline():
-                s.pause_with_error(f"cost cap reached: ${s.cost_usd:.2f} of ${cap:.2f}; resume to continue past it")
-                continue
-            outcome = self._experiment(s.next_n)
-            if outcome == "recorded":
-                s.next_n += 1
-                done += 1
-            elif outcome == "fatal":
-                s.exit_code = 1
-                break
+        if s.several:
+            run_lanes(s, self._lane_loop)
+        else:
+            self._lane_loop()
+
+    def _lane_loop(self) -> None:
+        """Experiments, one after another, until stopped or out of experiments (with
+        several workers, every worker's thread runs this)."""
+        s = self.s
+        job: Job | None = None  # a number taken and not yet recorded (an agent retry keeps it)
+        try:
+            while not s.stopping:
+                if not self._hold_while_paused():
+                    break
+                with s.decide_lock:
+                    if job is None and self._out_of_experiments():
+                        break
+                    if self._pause_for_the_machine() or self._pause_for_the_cost_cap():
+                        continue
+                    job = job or self._take_job()
+                if job is None:  # the other workers are running the baseline first
+                    s.stop_event.wait(0.1)
+                    s.tick()
+                    continue
+                outcome = self._experiment(job)
+                if outcome == "retry":
+                    continue
+                job = None if outcome != "stopped" else job
+                if outcome == "fatal":
+                    s.exit_code = 1
+                    s.stop_event.set()
+                    break
+        finally:
+            if job is not None and s.several:
+                record_unrun(s, job)  # the numbers of several workers stay contiguous
+
+    def _out_of_experiments(self) -> bool:
+        s, limit = self.s, self.s.config.loop.max_experiments
+        if limit is None or self.taken < limit:
+            return False
+        if not s.flights() and s.stop_reason is None:  # the last worker to finish says so
+            s.stop_reason = f"reached --max-experiments {limit}"
+            s.say(s.stop_reason)
+        return True
 
     def _pause_for_the_machine(self) -> bool:
         """Pause (with the reason) rather than start an experiment that cannot end well:
@@ -173,31 +197,64 @@ class Engine:
             return True
         return False
 
+    def _pause_for_the_cost_cap(self) -> bool:
+        s = self.s
+        cap = s.config.agent.max_cost
+        if cap is not None and not s.cost_cap_lifted and s.cost_usd >= cap and not self._needs_baseline():
+            s.pause_with_error(f"cost cap reached: ${s.cost_usd:.2f} of ${cap:.2f}; resume to continue past it")
+            return True
+        return False
+
     def _needs_baseline(self) -> bool:
         return self.s.standing.needs_baseline(self.s.budget, self.s.config.loop.baseline_runs)
 
-    def _experiment(self, n: int) -> str:
+    def _take_job(self) -> Job | None:
+        """The next experiment's number and kind (under ``decide_lock``), or None when this
+        worker must wait: every baseline run still needed is running on another worker."""
+        s = self.s
+        running = s.flights()
+        if self._needs_baseline():
+            st, runs = s.standing, s.config.loop.baseline_runs
+            attempts = st.baseline_attempts if st.series_open and st.baseline_budget in (None, s.budget) else 0
+            in_flight = sum(1 for f in running if f.baseline and not f.remeasure)
+            if running and attempts + in_flight >= runs:
+                return None
+            job = Job(s.next_n, "baseline")
+        else:
+            reason = None if any(f.remeasure for f in running) else self._remeasure_reason()
+            job = Job(s.next_n, "remeasure", reason) if reason else Job(s.next_n, "change")
+        s.next_n += 1
+        self.taken += 1
+        return job
+
+    def _experiment(self, job: Job) -> str:
         """One experiment. Returns "recorded", "retry" (nothing recorded), "stopped" or "fatal"."""
         s = self.s
-        baseline = self._needs_baseline()
-        remeasure = None if baseline else self._remeasure_reason()
+        n = job.n
+        baseline = job.kind == "baseline"
+        remeasure = job.reason
         started = time.time()
         t0 = time.monotonic()
+        parent = s.best_commit()
         with s.ctl:
-            s.flight = Flight(n, baseline or remeasure is not None, started)
-        draft = Result(n=n, status="", metric_name=s.config.metric, baseline=baseline or remeasure is not None,
-                       remeasure=remeasure is not None,
-                       started_at=started, parent=s.best_commit(), sandbox=s.sandbox.describe(), budget=s.budget,
-                       load_avg=_load_average())
+            s.flight = Flight(n, job.kind != "change", started, remeasure=remeasure is not None)
+        draft = Result(n=n, status="", metric_name=s.config.metric, baseline=job.kind != "change",
+                       remeasure=remeasure is not None, started_at=started, parent=parent,
+                       sandbox=s.sandbox.describe(), budget=s.budget, load_avg=_load_average(),
+                       worker=s.lane.index if s.several else None)
         timings: dict[str, float] = {}
-        s.journal.update_state(experiment=n, started_at=started, baseline_run=draft.baseline, hypothesis=None,
-                               description=None, commit=None, parent=s.best_commit(), train_pgid=None, runs=[])
+        if s.several:
+            s.wt.reset_to(parent)  # this worker's worktree, at the best of the moment
+        s.update_flight(experiment=n, started_at=started, baseline_run=draft.baseline, hypothesis=None,
+                        description=None, commit=None, parent=parent, train_pgid=None, runs=[])
         try:
             metadata = None
             if baseline:
                 runs = s.config.loop.baseline_runs
                 series = s.standing.series_open and s.standing.baseline_budget in (None, s.budget)
                 k = s.standing.baseline_attempts + 1 if series else 1
+                if s.several:
+                    k += sum(1 for f in s.flights() if f.baseline and not f.remeasure and f.n < n)
                 what = "train.py" if s.config.target is None else ", ".join(s.config.loop.mutable)
                 draft.description = f"baseline: unmodified {what} (run {k} of {runs})"
                 draft.hypothesis = f"Measure the unmodified {what} to set the reference and estimate run-to-run noise."
@@ -211,8 +268,9 @@ class Engine:
                 if asked.outcome in ("retry", "stopped"):
                     return asked.outcome
                 if asked.outcome == "failed":
-                    return finish(s, draft, [Outcome("crash", error=asked.error)], None, timings, t0)
-            s.journal.update_state(hypothesis=draft.hypothesis, description=draft.description)
+                    with s.decide_lock:
+                        return finish(s, draft, [Outcome("crash", error=asked.error)], None, timings, t0)
+            s.update_flight(hypothesis=draft.hypothesis, description=draft.description)
             t = time.monotonic()
             s.set_phase("checking")  # from here on, a killed engine records this one as interrupted
             exp_dir = s.rd.experiment(n)
@@ -222,12 +280,13 @@ class Engine:
                         else check_and_commit(s, draft, exp_dir, metadata, known_problems))
             timings["check_commit"] = round(time.monotonic() - t, 3)
             if rejected:
-                return finish(s, draft, [Outcome("rejected", error=rejected)], None, timings, t0)
+                with s.decide_lock:
+                    return finish(s, draft, [Outcome("rejected", error=rejected)], None, timings, t0)
             if s.should_kill():
-                return finish(s, draft, [Outcome(s.killed_status(), error=s.killed_reason())], None, timings, t0)
+                with s.decide_lock:
+                    return finish(s, draft, [Outcome(s.killed_status(), error=s.killed_reason())], None, timings, t0)
             self._start_next_proposal(draft, exp_dir)
-            outcomes, decision = self._measure(draft, exp_dir, timings)
-            return finish(s, draft, outcomes, decision, timings, t0)
+            return self._measure_and_finish(draft, exp_dir, timings, t0)
         except BaseException:
             try:  # the engine goes down with this experiment in flight: say so in the journal
                 record_interrupted_flight(s)
@@ -235,8 +294,10 @@ class Engine:
                 pass  # a restart records it from state.json
             raise
         finally:
+            s.git_metadata_checked()
             with s.ctl:
                 s.flight = None
+            s.end_flight()
 
     def _proposal(self, draft: Result):
         """The change for this experiment: the pipelined proposal when one was written
@@ -252,7 +313,7 @@ class Engine:
             _copy_proposal(pending.draft, draft)
             if asked.outcome != "dropped":
                 return asked, metadata, problems
-        metadata = GitMetadata(s.wt.repo)  # before the phase says so: a note sent from then on is for this one
+        metadata = s.watch_git_metadata()  # before the phase says so: a note sent from then on is for this one
         s.set_phase("proposing")
         return propose(s, draft), metadata, []
 
@@ -268,29 +329,46 @@ class Engine:
         upcoming = Result(n=draft.n + 1, status="", sandbox=draft.sandbox)
         self.next = NextProposal(s, upcoming, in_flight=draft, in_flight_diff=diff)
 
-    def _measure(self, draft: Result, exp_dir: Path, timings: dict[str, float]) -> tuple[list[Outcome], Decision | None]:
-        """Train and score the commit; a change that beats the best is run again
-        (``confirm_runs`` times) before it may be kept. Each run's number is journaled
-        (an event and state.json) as soon as it is known, so a kill loses none."""
+    def _measure_and_finish(self, draft: Result, exp_dir: Path, timings: dict[str, float], t0: float) -> str:
+        """Train and score the commit, decide, journal. A change that beats the best is run
+        again (``confirm_runs`` times) before it may be kept. With several workers the best
+        may move while a change is measured: one that beats the best is then re-applied on
+        the new best and measured there from scratch (engine/lanes.py). Each run's number is
+        journaled (an event and state.json) as soon as it is known, so a kill loses none."""
         s = self.s
         outcomes = [run_trial(s, draft.n, draft.commit, exp_dir, timings, holdout=draft.baseline)]
-        decision = None
         guarded = False
-        while not draft.baseline and outcomes[-1].status == "ok":
-            decision = judge(s, [o.metric for o in outcomes])
-            if decision.status in ("confirm", "keep") and not guarded:
-                guarded = True  # a [target]'s guard must pass before anything is kept
+        while True:
+            with s.decide_lock:  # judged and recorded against one best, whatever other workers do
+                if draft.baseline or outcomes[-1].status != "ok":
+                    return finish(s, draft, outcomes, None, timings, t0)
+                # Another worker may have kept a change since this one started: a change that
+                # beats the best it was measured on is carried onto the new best and measured there.
+                decision = judge(s, [o.metric for o in outcomes], against=draft.parent)
+                promising = decision.status in ("confirm", "keep")
+                if promising and draft.parent != s.best_commit():
+                    why = reapply_on_best(s, draft, exp_dir)
+                    if why:
+                        return finish(s, draft, outcomes, Decision("discard", decision.delta, decision.threshold,
+                                                                   reason=why), timings, t0)
+                    draft.rebased_runs += [o.metric for o in outcomes]
+                    outcomes, guarded = [], False
+                elif not promising or guarded:
+                    if decision.status != "confirm" or s.should_kill():
+                        return finish(s, draft, outcomes, decision, timings, t0)
+            if promising and not guarded and outcomes:  # a [target]'s guard must pass before anything is kept
+                guarded = True
                 why = run_guard(s, draft.commit, exp_dir / "run.log")
                 if why:
-                    decision = Decision("discard", decision.delta, decision.threshold, reason=why)
-                    break
-            if decision.status != "confirm" or s.should_kill():
-                break
-            s.journal.event("measurement", n=draft.n, run=len(outcomes), metric=outcomes[-1].metric)
-            s.journal.update_state(runs=[o.metric for o in outcomes])
-            outcomes.append(run_trial(s, draft.n, draft.commit, exp_dir, timings, holdout=True,
-                                      run=len(outcomes) + 1))
-        return outcomes, decision
+                    with s.decide_lock:
+                        return finish(s, draft, outcomes, Decision("discard", decision.delta, decision.threshold,
+                                                                   reason=why), timings, t0)
+                continue  # judged again: the best may have moved while the guard ran
+            if outcomes:
+                s.journal.event("measurement", n=draft.n, run=len(outcomes), metric=outcomes[-1].metric)
+            s.update_flight(runs=[o.metric for o in outcomes])
+            run = len(draft.rebased_runs) + len(outcomes) + 1
+            outcomes.append(run_trial(s, draft.n, draft.commit, exp_dir, timings, holdout=True, run=run))
 
     def _remeasure_reason(self) -> str | None:
         """Why the best should be measured again now (the drift guard), or None."""
@@ -316,7 +394,8 @@ class Engine:
         if not s.paused:
             return True
         s.journal.update_state(paused=True, pause_requested=False)
-        s.set_phase("paused")
+        if s.phase != "paused":  # (said once, whichever worker gets here first)
+            s.set_phase("paused")
         while not s.stopping:
             with s.ctl:
                 if not s.paused:

@@ -33,8 +33,25 @@ class Asked:
 
 
 def propose(s: Session, draft: Result) -> Asked:
-    """Ask the agent for a change in the run's worktree and wait for it."""
-    return Asking(s, draft, s.wt, s.best_commit()).wait()
+    """Ask the agent for a change in this worker's worktree and wait for it."""
+    in_flight, diff = another_in_flight(s)
+    return Asking(s, draft, s.wt, draft.parent or s.best_commit(), in_flight=in_flight, in_flight_diff=diff).wait()
+
+
+def another_in_flight(s: Session) -> tuple[Result | None, str]:
+    """With several workers: the latest change another worker is measuring (so that the
+    agent does not propose it twice) and its diff."""
+    others = [lane.fields for lane in s.lanes if lane is not s.lane and lane.fields.get("commit")
+              and not lane.fields.get("baseline_run")]
+    if not others:
+        return None, ""
+    f = max(others, key=lambda f: f.get("started_at") or 0)
+    r = Result(n=f["experiment"], status="running", description=f.get("description") or "",
+               hypothesis=f.get("hypothesis") or "", commit=f["commit"], parent=f.get("parent"))
+    try:
+        return r, s.wt.diff(r.parent, r.commit) if r.parent else ""
+    except Exception:  # a commit gone (git gc): the description is enough
+        return r, ""
 
 
 class Asking:
@@ -66,17 +83,19 @@ class Asking:
             seed=s.config.loop.seed,
             emit=lambda text: s.journal.event("hypothesis", fsync=False, n=n, text=strip_control(str(text))),
             budget_usd=_budget(s),
-            on_process_group=lambda pgid: s.journal.update_state(agent_pgid=pgid),
+            on_process_group=lambda pgid: (s.update_flight if s.several else s.journal.update_state)(agent_pgid=pgid),
             in_flight=in_flight,
             in_flight_diff=in_flight_diff,
             goal=goal_of(s.config),
         )
         self._box: dict[str, Any] = {}
         self.started = time.monotonic()
+        self._lane = s.lane
         self._thread = threading.Thread(target=self._work, name="agent", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
+        self.s.bind_lane(self._lane)  # its events and process group belong to this worker
         try:
             self._box["proposal"] = self.s.agent.propose(self.context)
         except BaseException as e:  # handed to wait()

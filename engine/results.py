@@ -106,10 +106,12 @@ class Result:
     tokens_per_sec: float | None = None  # mean throughput of its runs, as train.py reported it
     num_steps: int | None = None
     load_avg: float | None = None  # the machine's 1-minute load average when it started
-    rebased: bool = False  # a pipelined proposal applied on a best that moved while it was written
+    rebased: bool = False  # applied on a best that moved while it was written (pipelined) or measured (workers)
     train_spans: list[list[float]] = field(default_factory=list)  # [start, end] (unix s) of each training process
     self_reported: bool = False  # the metric is what the run printed, not a trusted evaluation
     revokes: int | None = None  # a re-measure that caught the best looking ahead: that keep (and those on it) no longer count
+    worker: int | None = None  # which worker ran it, when several did (engine/lanes.py)
+    rebased_runs: list[float] = field(default_factory=list)  # its runs on an older best, before it was re-applied
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @property
@@ -176,6 +178,9 @@ class Result:
             rebased=d.get("rebased") is True,
             self_reported=d.get("self_reported") is True,
             revokes=d.get("revokes") if isinstance(d.get("revokes"), int) else None,
+            worker=d.get("worker") if isinstance(d.get("worker"), int) and not isinstance(d.get("worker"), bool) else None,
+            rebased_runs=[float(x) for x in d.get("rebased_runs") if is_number(x)]
+            if isinstance(d.get("rebased_runs"), list) else [],
             train_spans=[[float(a), float(b)] for a, b in (x for x in d.get("train_spans") or []
                                                              if isinstance(x, list) and len(x) == 2
                                                              and is_number(x[0]) and is_number(x[1]))],
@@ -449,6 +454,7 @@ class State:
     sandbox: str | None = None
     noise: Noise | None = None  # the noise estimate in force
     runs: list[float] = field(default_factory=list)  # measurements of the experiment in flight so far
+    flights: list[dict[str, Any]] = field(default_factory=list)  # with several workers: each one's experiment
     next_proposal: dict[str, Any] | None = None  # a pipelined proposal: {"n", "state": thinking|ready|rebased|dropped}
     updated_at: float | None = None
     heartbeat_at: float | None = None
@@ -494,6 +500,8 @@ class State:
                 value = _opt_float(value) or 0.0
             elif f.name == "counts":
                 value = {str(k): v for k, v in value.items() if isinstance(v, int)} if isinstance(value, dict) else {}
+            elif f.name == "flights":
+                value = [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
             elif f.name == "notes_pending":
                 value = [x for x in value if isinstance(x, str)] if isinstance(value, list) else []
             elif f.name in ("agent", "config", "next_proposal"):

@@ -102,6 +102,10 @@ class RunDir:
         """Where a pipelined proposal is written while an experiment trains."""
         return self.root / "next"
 
+    def lane_worktree(self, index: int) -> Path:
+        """Where worker ``index`` proposes and commits its changes (with several workers)."""
+        return self.root / "lanes" / str(index)
+
     @property
     def experiments(self) -> Path:
         return self.root / "experiments"

@@ -17,6 +17,7 @@ from . import gitops, rundir
 from .agents.command import reap_stale_group
 from .control import ControlServer
 from .errors import UsageError
+from .lanes import open_lane_worktrees
 from .integrity import Fingerprint, cache_dir, manifest_path
 from .results import INTERRUPTIBLE_PHASES, Result, Standing, State
 from .runner import kill_stale_group, run_process
@@ -37,10 +38,11 @@ def open_tag(s: Session) -> ControlServer:
     resuming = s.rd.results_jsonl.exists() or s.rd.state_json.exists()
     s.results = s.journal.open()
     previous = s.journal.state
-    s.wt = gitops.Worktree.open_or_create(repo, s.rd.worktree, s.tag)
-    s.base_commit = s.wt.resolve(gitops.base_ref(s.tag)) or s.wt.head()
-    kill_stale_group(previous.train_pgid, s.rd.root)
-    reap_stale_group(previous.agent_pgid, s.rd.root)  # before anything touches a worktree
+    s.main_wt = gitops.Worktree.open_or_create(repo, s.rd.worktree, s.tag)
+    s.base_commit = s.main_wt.resolve(gitops.base_ref(s.tag)) or s.main_wt.head()
+    for flight in [vars(previous), *previous.flights]:  # every worker's, before anything touches a worktree
+        kill_stale_group(flight.get("train_pgid"), s.rd.root)
+        reap_stale_group(flight.get("agent_pgid"), s.rd.root)
 
     _record_interrupted_from(s, previous)
     s.standing = Standing.of(s.results, s.base_commit)
@@ -48,7 +50,8 @@ def open_tag(s: Session) -> ControlServer:
     if s.rd.experiments.is_dir():
         numbers += [int(p.name) for p in s.rd.experiments.iterdir() if p.name.isdigit()]
     s.next_n = max(numbers, default=0) + 1
-    s.wt.reset_to(s.best_commit())
+    s.main_wt.reset_to(s.best_commit())
+    open_lane_worktrees(s)
     _remove_leftovers(s)
     s.cost_usd = _cost_from_events(s)
     s.notes = list(previous.notes_pending)
@@ -86,8 +89,8 @@ def close_tag(s: Session, server: ControlServer | None) -> None:
     if server is not None:
         server.close()
     try:
-        if s.base_commit and s.wt is not None:
-            s.wt.reset_to(s.best_commit())
+        if s.base_commit and s.main_wt is not None:
+            s.main_wt.reset_to(s.best_commit())
     except Exception as e:
         s.say(f"warning: could not reset the worktree to the best commit: {_one_line(e)}")
     if s.phase != "error":
@@ -135,37 +138,63 @@ def _remove_leftovers(s: Session) -> None:
 
 
 def record_interrupted_flight(s: Session) -> None:
-    """The engine is going down with an experiment in flight: record it as interrupted."""
+    """The engine is going down with the calling lane's experiment in flight: record it
+    as interrupted."""
     f = s.flight
-    if f is None or any(r.n == f.n for r in s.results) or s.phase not in INTERRUPTIBLE_PHASES:
+    if f is None or any(r.n == f.n for r in s.results) or f.phase not in INTERRUPTIBLE_PHASES:
         return
-    st = s.journal.state
+    st = s.lane.fields
     s.record(Result(
-        n=f.n, status="interrupted", baseline=f.baseline, started_at=f.started_at, ended_at=time.time(),
-        description=st.description or "", hypothesis=st.hypothesis or "", commit=st.commit,
-        parent=st.parent or s.best_commit(), error="the engine was stopped during this experiment", budget=s.budget,
-        runs=list(st.runs),
+        n=f.n, status="interrupted", baseline=f.baseline, remeasure=f.remeasure, started_at=f.started_at,
+        ended_at=time.time(), description=st.get("description") or "", hypothesis=st.get("hypothesis") or "",
+        commit=st.get("commit"), parent=st.get("parent") or s.best_commit(),
+        error="the engine was stopped during this experiment", budget=s.budget, runs=list(st.get("runs") or []),
+        worker=s.lane.index if s.several else None,
     ))
 
 
 def _record_interrupted_from(s: Session, previous: State) -> None:
-    """A previous engine died mid-experiment: record that experiment as interrupted.
+    """A previous engine died mid-experiment: record what it had in flight as interrupted.
 
     Started means its directory exists (made when checking begins), whatever phase the
-    dead engine last managed to write: a full disk can leave "error" there.
+    dead engine last managed to write: a full disk can leave "error" there. With several
+    workers, a number below one already recorded is recorded too (its agent was still
+    proposing): the numbers stay contiguous.
     """
-    n = previous.experiment
-    if n is None or any(r.n == n for r in s.results) or not s.rd.experiment(n).is_dir():
-        return
-    result = Result(
-        n=n, status="interrupted", baseline=previous.baseline_run, started_at=previous.started_at,
-        ended_at=previous.heartbeat_at or time.time(), description=previous.description or "",
-        hypothesis=previous.hypothesis or "", commit=previous.commit, parent=previous.parent,
-        error="the engine stopped during this experiment", budget=previous.budget, runs=list(previous.runs),
-    )
-    s.journal.append_result(result)
-    s.results.append(result)
-    s.journal.event("result", **result.short())
+    flights = previous.flights or [{**vars(previous), "worker": None}]
+    recorded = {r.n for r in s.results}
+    found = []
+    for f in flights:
+        n = f.get("experiment")
+        if isinstance(n, int) and n not in recorded and all(n != g.get("experiment") for g in found):
+            found.append(f)
+    top = max(recorded, default=0)
+    started = [f for f in found if s.rd.experiment(f["experiment"]).is_dir()]
+    top = max([top, *(f["experiment"] for f in started)])
+    for f in sorted(found, key=lambda f: f["experiment"]):
+        n = f["experiment"]
+        if f not in started and n > top:
+            continue  # never started and the last number: the next experiment takes it
+        runs = f.get("runs") if isinstance(f.get("runs"), list) else []
+        result = Result(
+            n=n, status="interrupted", baseline=f.get("baseline_run") is True, started_at=_num(f.get("started_at")),
+            ended_at=previous.heartbeat_at or time.time(), description=str(f.get("description") or ""),
+            hypothesis=str(f.get("hypothesis") or ""), commit=_str(f.get("commit")), parent=_str(f.get("parent")),
+            error="the engine stopped during this experiment", budget=previous.budget,
+            runs=[float(x) for x in runs if isinstance(x, (int, float))],
+            worker=f.get("worker") if isinstance(f.get("worker"), int) else None,
+        )
+        s.journal.append_result(result)
+        s.results.append(result)
+        s.journal.event("result", **result.short())
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _cost_from_events(s: Session) -> float:
@@ -186,7 +215,7 @@ def _write_full_state(s: Session) -> None:
                                                "model": getattr(s.agent, "model", None)},
         cost_usd=s.cost_usd, config=s.config.to_dict(), branch=gitops.branch_name(s.tag),
         worktree=str(s.rd.worktree), notes_pending=list(s.notes), sandbox=s.sandbox.describe(),
-        noise=s.standing.noise(), runs=[], next_proposal=None,
+        noise=s.standing.noise(), runs=[], next_proposal=None, flights=[],
     )
 
 

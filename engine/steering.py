@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from .control import accepted, refused
-from .session import Session
+from .session import Flight, Session
 from .untrusted import strip_control
 
 MAX_NOTE = 4000  # characters: a note is read by the agent in every prompt until used
@@ -20,8 +20,8 @@ MAX_NOTE = 4000  # characters: a note is read by the agent in every prompt until
 def on_command(s: Session, request: dict[str, Any]) -> dict[str, Any]:
     cmd, text = request["cmd"], request.get("text")
     if cmd == "ping":
-        f = s.flight
-        return accepted(f"engine pid {os.getpid()}, phase {s.phase}" + (f", experiment #{f.n:04d}" if f else ""))
+        running = ", ".join(f"#{f.n:04d}" for f in s.flights())
+        return accepted(f"engine pid {os.getpid()}, phase {s.phase}" + (f", experiment {running}" if running else ""))
     with s.ctl:
         reply = _HANDLERS[cmd](s, text)
     acknowledge(s, cmd, text, reply)
@@ -40,8 +40,8 @@ def _pause(s: Session, text: str | None) -> dict[str, Any]:
         return refused("a pause is already requested")
     s.pause_requested = True
     s.journal.update_state(pause_requested=True)
-    f = s.flight
-    return accepted(f"will pause after experiment #{f.n:04d} finishes" if f else "pausing")
+    running = ", ".join(f"#{f.n:04d}" for f in s.flights())
+    return accepted(f"will pause after experiment {running} finishes" if running else "pausing")
 
 
 def _resume(s: Session, text: str | None) -> dict[str, Any]:
@@ -58,18 +58,33 @@ def _resume(s: Session, text: str | None) -> dict[str, Any]:
     return accepted("resumed past the cost cap for this session" if was_cost else "resumed")
 
 
+def _chosen(s: Session, text: str | None) -> Flight | str:
+    """The experiment a skip or keep is for: the one running, or with several workers the
+    one whose number the text gives ("12" or "#12"). Else why there is none."""
+    running = [f for f in s.flights() if f.phase != "deciding"]
+    wanted = (text or "").strip().lstrip("#")
+    if wanted:
+        if not wanted.isdigit():
+            return f"not an experiment number: {wanted[:20]!r}"
+        match = [f for f in running if f.n == int(wanted)]
+        return match[0] if match else f"experiment #{int(wanted):04d} is not in progress"
+    if len(running) > 1:
+        return f"{len(running)} experiments are running ({', '.join(f'#{f.n:04d}' for f in running)}): say which"
+    return running[0] if running else "no experiment is in progress"
+
+
 def _skip(s: Session, text: str | None) -> dict[str, Any]:
-    f = s.flight
-    if f is None or s.phase == "deciding":
-        return refused("no experiment is in progress")
+    f = _chosen(s, text)
+    if isinstance(f, str):
+        return refused(f)
     f.skip = True
     return accepted(f"skipping experiment #{f.n:04d}")
 
 
 def _keep(s: Session, text: str | None) -> dict[str, Any]:
-    f = s.flight
-    if f is None or s.phase == "deciding":
-        return refused("no experiment is in progress")
+    f = _chosen(s, text)
+    if isinstance(f, str):
+        return refused(f)
     if f.baseline:
         return refused(f"experiment #{f.n:04d} is a baseline run: there is no change to keep")
     f.keep = True
@@ -80,9 +95,10 @@ def _stop(s: Session, text: str | None) -> dict[str, Any]:
     s.stop_reason = s.stop_reason or "stopped by a person"
     s.stop_event.set()
     s.journal.update_state(stop_requested=True)
-    f = s.flight
-    if f and s.phase != "proposing":
-        return accepted(f"stopping (experiment #{f.n:04d} will be recorded as interrupted)")
+    running = [f for f in s.flights() if f.phase != "proposing" or s.several]
+    if running:
+        numbers = ", ".join(f"#{f.n:04d}" for f in running)
+        return accepted(f"stopping (experiment {numbers} will be recorded as interrupted)")
     return accepted("stopping")
 
 

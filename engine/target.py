@@ -62,7 +62,7 @@ def run_evaluate(s: Session, src: Path, scratch: Path, out: Path, log: Path, sho
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     env = minimal_env({"AUTORESEARCH_SCRATCH": str(scratch), "AUTORESEARCH_SRC": str(src),
-                       "AUTORESEARCH_OUT": str(out), "AUTORESEARCH_METRIC": s.config.target.metric})
+                       "AUTORESEARCH_OUT": str(out), "AUTORESEARCH_METRIC": s.config.target.metric, **s.lane.env})
     return run_process(["/bin/sh", "-c", s.config.target.evaluate], cwd=src, env=env, log_path=log,
                        timeout=s.timeout, hang_seconds=s.config.loop.hang_seconds, tick=s.tick,
                        should_kill=should_kill, grace=s.kill_grace)
@@ -77,7 +77,7 @@ def run_guard(s: Session, commit: str, log: Path) -> str | None:
         src = Path(tmp) / "src"
         s.wt.export(commit, src)
         jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": src}))
-        env = minimal_env({"HOME": "/tmp", "TMPDIR": "/tmp"})
+        env = minimal_env({"HOME": "/tmp", "TMPDIR": "/tmp", **s.lane.env})
         env["PATH"] = with_python_on_path(jail, env.get("PATH", ""))
         launch = jail.launch(["/bin/sh", "-c", guard], env=env, cwd="/work")
         with open(log, "ab") as f:

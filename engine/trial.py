@@ -62,7 +62,8 @@ class Outcome:
 
 def child_env(s: Session, extra: dict[str, str]) -> dict[str, str]:
     """The environment of every process the engine starts for untrusted code: no secrets."""
-    return minimal_env({"AUTORESEARCH_CACHE": str(cache_dir()), "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}", **extra})
+    return minimal_env({"AUTORESEARCH_CACHE": str(cache_dir()), "AUTORESEARCH_TIME_BUDGET": f"{s.budget:g}",
+                        **s.lane.env, **extra})
 
 
 class ScorerTampered(RuntimeError):
@@ -140,7 +141,7 @@ class Scorer:
         self.s = s
         self.check()
         jail = s.sandbox.jail(sandbox.Mounts(ro={"/work": slot.src, "/scratch": slot.scratch}, hide=hide))
-        env = minimal_env({"AUTORESEARCH_CACHE": "/nonexistent", "HOME": "/tmp", "TMPDIR": "/tmp"})
+        env = minimal_env({"AUTORESEARCH_CACHE": "/nonexistent", "HOME": "/tmp", "TMPDIR": "/tmp", **s.lane.env})
         server = jail.launch(
             [jail.python, "-I", "-B", jail.path("/work/prepare.py"), "serve-model",
              "--train", jail.path("/work/train.py"), "--checkpoint", jail.path("/scratch/checkpoint.pt")],
@@ -195,10 +196,10 @@ class Scorer:
 def _supervise(s: Session, proc, log: Path, limit: float, tick=None) -> ProcessResult:
     """Watch a started child under the run's limits. Its process group is in state.json
     while it runs, so a restarted engine can reap what a killed one left behind."""
-    s.journal.update_state(train_pgid=proc.pid)
+    s.update_flight(train_pgid=proc.pid)
     result = supervise(proc, log_path=log, timeout=limit, hang_seconds=s.config.loop.hang_seconds,
                        tick=tick or s.tick, should_kill=s.should_kill, grace=s.kill_grace)
-    s.journal.update_state(train_pgid=None)
+    s.update_flight(train_pgid=None)
     if result.reason == "exited" and result.killed_by_signal in STOP_SIGNALS:
         # A whole-job stop (systemd, SLURM, a kill of the process group) signals the child
         # and the engine at once, and the child may die first: give the engine's own

@@ -70,6 +70,7 @@ class Slot:
             "TMPDIR": jail.path("/scratch/tmp"),
             "HOME": jail.path("/scratch/home"),
             **({"AUTORESEARCH_CACHE": jail.path("/data")} if target is None else {}),
+            **s.lane.env,  # this worker's GPU and share of the CPU threads
         })
         env["PATH"] = with_python_on_path(jail, env.get("PATH", ""))
         # `python train.py` can start warm (the stub runs it); any other command starts at its release.
