@@ -71,7 +71,13 @@ class LogPane(Vertical):
 
     def reset(self, n: int | None) -> None:
         self.n = n
-        self.log.clear()
+        log = self.log
+        log.clear()
+        # Textual's clear() keeps the scroll offset, and Log only follows from exactly the
+        # end: the new log's lines would stay where the old one was scrolled. Start at the
+        # top, following.
+        log.scroll_to(0, 0, animate=False, immediate=True)
+        log.following = True
         self.waiting = 0
         self.partial = ""
         self.skipped_bytes = 0

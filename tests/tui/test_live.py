@@ -123,6 +123,26 @@ async def test_log_follows_tail_until_scrolled_up(engine):
         await wait_for(pilot, lambda: pane.log.at_end, "the tail followed")
 
 
+async def test_the_next_experiments_log_follows_its_tail(engine):
+    """A new run.log replaces a long one: its lines follow the tail from the start (Textual's
+    clear() kept the old scroll offset, and Log follows only from exactly the end)."""
+    engine.begin(1, "d", "h")
+    app = make_app(engine)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = app.screen.query_one(LogPane)
+        await wait_for(pilot, lambda: pane.n == 1 and pane.log.size.height > 0, "the first experiment")
+        first = pane.log.size.height + 5  # scrolled a little: less than the next log will be
+        engine.log(1, *[f"one {i}" for i in range(first)])
+        await wait_for(pilot, lambda: len(log_lines(app)) == first and pane.log.at_end, "the first log at its tail")
+        assert 0 < pane.log.scroll_y < 10
+        engine.log(2, *[f"two {i}" for i in range(200)])  # there before the monitor hears of #2: one batch
+        engine.begin(2, "d2", "h2")
+        await wait_for(pilot, lambda: pane.n == 2 and len(log_lines(app)) == 200, "the second log")
+        await wait_for(pilot, lambda: pane.log.max_scroll_y > 0 and pane.log.at_end, "its tail in view")
+        engine.log(2, "two more")
+        await wait_for(pilot, lambda: log_lines(app)[-1] == "two more" and pane.log.at_end, "the tail followed")
+
+
 async def test_log_handles_ansi_carriage_returns_and_stays_bounded(engine):
     engine.begin(1, "d", "h")
     engine.log(1, raw=b"\x1b[32mgreen\x1b[0m text\n10%\r50%\r100% done\nbell\x07 here\n")
