@@ -260,6 +260,10 @@ class Worktree:
             return False
         return True
 
+    def tree(self, sha: str) -> str:
+        """The tree (the files) of commit ``sha``: equal trees, equal code."""
+        return self.repo.git.rev_parse(f"{sha}^{{tree}}")
+
     def diff(self, a: str, b: str) -> str:
         """The change from commit ``a`` to ``b``, as a patch ``apply`` replays exactly."""
         diff = self.repo.git.diff("--no-color", "--no-ext-diff", "--full-index", "--binary", a, b)

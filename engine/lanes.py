@@ -41,6 +41,22 @@ class Job:
     n: int
     kind: str  # "baseline", "remeasure" or "change"
     reason: str | None = None  # why the best is re-measured
+    twins: int = 0  # proposals dropped because another worker was measuring the same code
+
+
+MAX_TWINS = 3  # then a twin runs anyway: an agent that can only propose that is better measured twice
+
+
+def twin_in_flight(s: Session, job: Job, commit: str) -> int | None:
+    """The number of another worker's experiment that measures the same code as
+    ``commit`` (two agents that proposed the same change at once), or None."""
+    tree = s.wt.tree(commit)
+    with s.decide_lock:  # of two at once, the first to get here runs, the second is asked again
+        for lane in s.lanes:
+            if lane is not s.lane and lane.tree == tree and lane.flight is not None and job.twins < MAX_TWINS:
+                return lane.flight.n
+        s.lane.tree = tree
+    return None
 
 
 def make_lanes(workers: int) -> list[Lane]:

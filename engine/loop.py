@@ -44,7 +44,7 @@ from .errors import UsageError
 from .decide import Decision
 from .finish import finish, judge
 from .journal import JournalError
-from .lanes import Job, make_lanes, reapply_on_best, record_unrun, run_lanes
+from .lanes import Job, make_lanes, reapply_on_best, record_unrun, run_lanes, twin_in_flight
 from .preflight import preflight_problem
 from .pipeline import NextProposal
 from .propose import propose
@@ -282,6 +282,14 @@ class Engine:
             if rejected:
                 with s.decide_lock:
                     return finish(s, draft, [Outcome("rejected", error=rejected)], None, timings, t0)
+            twin = twin_in_flight(s, job, draft.commit) if s.several and not draft.baseline else None
+            if twin is not None:  # asked again (same number), now knowing what the other one runs
+                job.twins += 1
+                s.wt.reset_to(draft.parent)
+                s.journal.event("proposal_dropped", n=n, description=draft.description,
+                                reason=f"the same change as #{twin:04d}, which another worker is measuring")
+                s.say(f"#{n:04d} proposal dropped: the same change as #{twin:04d}; asking again")
+                return "retry"
             if s.should_kill():
                 with s.decide_lock:
                     return finish(s, draft, [Outcome(s.killed_status(), error=s.killed_reason())], None, timings, t0)

@@ -33,25 +33,22 @@ class Asked:
 
 
 def propose(s: Session, draft: Result) -> Asked:
-    """Ask the agent for a change in this worker's worktree and wait for it."""
-    in_flight, diff = another_in_flight(s)
-    return Asking(s, draft, s.wt, draft.parent or s.best_commit(), in_flight=in_flight, in_flight_diff=diff).wait()
+    """Ask the agent for a change in this worker's worktree and wait for it. With several
+    workers it is told what the others are measuring (the latest with its diff)."""
+    running = others_running(s)
+    latest = max(running, key=lambda r: r.started_at or 0) if running else None
+    diff = s.wt.diff(latest.parent, latest.commit) if latest is not None and latest.parent else ""
+    return Asking(s, draft, s.wt, draft.parent or s.best_commit(), in_flight=latest, in_flight_diff=diff,
+                  running=running).wait()
 
 
-def another_in_flight(s: Session) -> tuple[Result | None, str]:
-    """With several workers: the latest change another worker is measuring (so that the
-    agent does not propose it twice) and its diff."""
-    others = [lane.fields for lane in s.lanes if lane is not s.lane and lane.fields.get("commit")
-              and not lane.fields.get("baseline_run")]
-    if not others:
-        return None, ""
-    f = max(others, key=lambda f: f.get("started_at") or 0)
-    r = Result(n=f["experiment"], status="running", description=f.get("description") or "",
-               hypothesis=f.get("hypothesis") or "", commit=f["commit"], parent=f.get("parent"))
-    try:
-        return r, s.wt.diff(r.parent, r.commit) if r.parent else ""
-    except Exception:  # a commit gone (git gc): the description is enough
-        return r, ""
+def others_running(s: Session) -> list[Result]:
+    """The changes other workers have committed and are measuring now."""
+    return [Result(n=f["experiment"], status="running", description=f.get("description") or "",
+                   hypothesis=f.get("hypothesis") or "", commit=f["commit"], parent=f.get("parent"),
+                   started_at=f.get("started_at"))
+            for f in (lane.fields for lane in s.lanes if lane is not s.lane)
+            if f.get("commit") and not f.get("baseline_run")]
 
 
 class Asking:
@@ -64,7 +61,7 @@ class Asking:
     """
 
     def __init__(self, s: Session, draft: Result, wt, base: str, *, in_flight: Result | None = None,
-                 in_flight_diff: str = ""):
+                 in_flight_diff: str = "", running: list[Result] = ()):
         self.s, self.draft, self.wt, self.base = s, draft, wt, base
         n = draft.n
         with s.ctl:
@@ -86,6 +83,7 @@ class Asking:
             on_process_group=lambda pgid: (s.update_flight if s.several else s.journal.update_state)(agent_pgid=pgid),
             in_flight=in_flight,
             in_flight_diff=in_flight_diff,
+            running=list(running),
             goal=goal_of(s.config),
         )
         self._box: dict[str, Any] = {}

@@ -58,6 +58,7 @@ class Lane:
     warm_slot: object = None  # engine/warm.py's Slot, started ahead for this lane's next run
     env: dict[str, str] = field(default_factory=dict)  # its share of the machine (GPU, threads)
     fields: dict = field(default_factory=dict)  # its experiment's entry in state.flights
+    tree: str | None = None  # the code its change experiment measures (git tree), to catch twins
 
 
 def _check_agent_may_run(config: Config, sb: sandbox.Sandbox) -> None:
@@ -196,7 +197,7 @@ class Session:
 
     def end_flight(self) -> None:
         with self._flights_lock:
-            self.lane.fields = {}
+            self.lane.fields, self.lane.tree = {}, None
             self.journal.update_state(flights=self._flight_entries(), train_pgid=None, runs=[])
 
     def watch_git_metadata(self) -> gitops.GitMetadata:

@@ -49,6 +49,8 @@ class ProposalContext:
     # diff, so the agent does not propose the same thing again. None when nothing trains.
     in_flight: Result | None = None
     in_flight_diff: str = ""
+    # With several workers: every change the other workers are measuring (in_flight is the latest).
+    running: list[Result] = field(default_factory=list)
     goal: Goal = field(default_factory=Goal)
     # Stream agent text as it arrives (the engine writes it to events.jsonl).
     emit: Callable[[str], None] = field(default=lambda text: None)

@@ -436,11 +436,11 @@ class HeuristicAgent:
                 continue
             stats.setdefault((name, direction), []).append((outcome, config_key(parent)))
             evidence[(name, direction)] = (r.n, r.delta, status)
-        running = context.in_flight  # being measured by another worker: not to propose again
-        if running is not None and running.commit:
-            cfg = self._config_at(context.worktree, running.commit)
-            if cfg is not None:
-                tried.add(config_key(cfg))
+        for running in [context.in_flight, *context.running]:  # being measured: not to propose again
+            if running is not None and running.commit:
+                cfg = self._config_at(context.worktree, running.commit)
+                if cfg is not None:
+                    tried.add(config_key(cfg))
         return tried, stats, evidence
 
     # -- choosing --
