@@ -181,7 +181,9 @@ def in_flight_text(context: ProposalContext) -> str:
         f"Its result is not known yet. Do not propose the same change; your change is applied on "
         f"whatever is the best when it finishes (on top of it, if it is kept).\n"
         f"Why it was tried: {clip(r.hypothesis, 300)}\n"
-        + (f"Its change:\n```diff\n{strip_control(diff)}\n```" if diff.strip() else "")
+        + (f"Its change:\n```diff\n{strip_control(diff)}\n```\n" if diff.strip() else "")
+        + "".join(f"Also training now (another worker): #{o.n:04d} {clip(o.description)}\n"
+                  for o in context.running if o.n != r.n)
     )
 
 

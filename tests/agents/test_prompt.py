@@ -96,3 +96,15 @@ def test_invisible_unicode_is_stripped_from_notes_history_and_the_log(make_conte
     for ch in (hidden[0], "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\U000e0100"):
         assert ch not in text
     assert "try a smaller LR" in text and "wider MLP" in text and "loss 2.0" in text
+
+
+def test_the_prompt_names_every_change_other_workers_are_measuring(make_context):
+    from engine.results import Result
+
+    latest = Result(n=12, status="running", description="wider MLP", hypothesis="more capacity", commit="b")
+    older = Result(n=11, status="running", description="lower LR\x1b[2J", hypothesis="", commit="a")
+    text = prompt.user_prompt(make_context(in_flight=latest, in_flight_diff="-WIDTH = 1\n+WIDTH = 2\n",
+                                           running=[older, latest]))
+    assert "## Training right now: #0012 wider MLP" in text and "+WIDTH = 2" in text
+    assert "Also training now (another worker): #0011 lower LR\n" in text  # cleaned, and named once
+    assert text.count("#0012") == 1
