@@ -146,3 +146,21 @@ def test_kill_minus_9_with_two_running_records_both_and_resume_goes_on(repo):
     assert all(r.description.startswith("MODE=slow") and r.commit for r in interrupted.values())
     assert all(r.status in ("discard", "keep") for r in results[4:])  # the loop went on
     assert processes_in(rd.root) == []
+
+
+def test_each_worker_gets_its_own_gpu_and_a_share_of_the_threads(monkeypatch):
+    from engine import config, lanes
+
+    monkeypatch.setattr(lanes, "cuda_available", lambda: True)
+    monkeypatch.setattr(config, "cuda_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert config.LoopConfig().effective_workers() == 2  # default: one per visible GPU
+    assert [lane.env for lane in lanes.make_lanes(2)] == [
+        {"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8", "CUDA_VISIBLE_DEVICES": "3"},
+        {"OMP_NUM_THREADS": "8", "MKL_NUM_THREADS": "8", "CUDA_VISIBLE_DEVICES": "5"},
+    ]
+    assert [lane.env["CUDA_VISIBLE_DEVICES"] for lane in lanes.make_lanes(3)] == ["3", "5", "3"]  # they share
+    assert lanes.make_lanes(1)[0].env == {}  # one worker: the whole machine, as before
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
+    assert config.LoopConfig().effective_workers() == 1  # a CPU: one worker unless asked
