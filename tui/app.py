@@ -10,6 +10,10 @@ Threads and workers, and where their results go:
   and they speed up again as soon as a batch says it moves;
 - each control command runs in a "command" worker (the socket never blocks the UI).
 Every worker is exit_on_error=False; failures all reach ``report_error``.
+
+With several workers one running experiment is selected (``RunView.selected``): the
+watcher is told to read its run.log and diff.patch (``RunWatcher.follow``), the panes
+show it, and skip and keep carry its number.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from textual.worker import Worker, WorkerState
 
 from engine.control import ControlError, send_command
 from engine.rundir import RunDir
-from tui import alerts
+from tui import alerts, fmt
 from tui.chart_pane import ChartPane
 from tui.dialogs import ConfirmModal, HelpScreen, NoteModal, QuitModal
 from tui.diff_pane import DiffPane, DiffScreen
+from tui.flights_pane import FlightsPane
 from tui.hypothesis_pane import IDLE_PHASES, HypothesisPane
 from tui.live import LiveScreen
 from tui.log_pane import LogPane
@@ -55,7 +60,14 @@ CONFIRM = {
     "skip": ("Skip this run?", "Stop the current run now and record it as skipped? Its change is reverted.", "Skip it"),
     "keep": ("Force-keep?", "Keep the current experiment when it finishes with a metric, even if it does not beat the best?", "Keep it"),
 }
-FOOTER_ACTIONS = ("pause", "resume", "skip", "keep", "note", "restart", "diff")
+# With several workers: the selected experiment's (its number, and its description).
+CONFIRM_ONE = {
+    "skip": ("Skip #{n:04d}?", "Stop experiment #{n:04d}{what} now and record it as skipped? Its change is reverted.",
+             "Skip it"),
+    "keep": ("Force-keep #{n:04d}?", "Keep experiment #{n:04d}{what} when it finishes with a metric, even if it does "
+             "not beat the best?", "Keep it"),
+}
+FOOTER_ACTIONS = ("pause", "resume", "skip", "keep", "select", "note", "restart", "diff")
 
 
 class RunBatch(Message):
@@ -203,12 +215,16 @@ class MonitorApp(App[str | None]):
         if live is None:
             return
         now = self.clock()
+        if "selection" in changed:
+            self.watcher.follow(self.view.selected)
+        if changed & {"state", "hypothesis", "selection"}:
+            live.query_one(FlightsPane).show(self.view, now)
         if "log" in changed:
             pane = live.query_one(LogPane)
             if batch.log_reset:
                 pane.reset(batch.log_n)
             pane.append(batch.log_lines, batch.log_partial, batch.log_skipped_bytes)
-        if changed & {"state", "hypothesis", "results", "alive"}:
+        if changed & {"state", "hypothesis", "results", "alive", "selection"}:
             live.query_one(HypothesisPane).show(self.view, now)
         if "results" in changed:
             baseline = self.view.baseline()
@@ -255,6 +271,9 @@ class MonitorApp(App[str | None]):
                 continue  # from before we attached, or our own (already acknowledged)
             result = "accepted" if ev.get("result") == "accepted" else "refused"
             reason = str(ev.get("reason") or "")
+            number = str(ev.get("text") or "").strip().lstrip("#")
+            if cmd in CONFIRM and number.isdigit():  # `autoresearch ctl skip 12`: say which
+                cmd = f"{cmd} #{int(number):04d}"
             self._show_ack(Ack(cmd, result, f"sent elsewhere{': ' + reason if reason else ''}"))
 
     def _history_add(self, batch: Batch) -> None:
@@ -270,6 +289,29 @@ class MonitorApp(App[str | None]):
     def engine_state(self) -> str:
         return self.view.engine_state(self.clock())
 
+    # -- several workers: the selected experiment ------------------------------------------
+
+    def select_flight(self, n: int) -> None:
+        """Select running experiment n (a click on its row)."""
+        if self.view.select(n):
+            self._selection_changed()
+
+    def select_step(self, step: int) -> None:
+        """The next (1) or previous (-1) running experiment (the ] and [ keys)."""
+        if self.view.select_step(step):
+            self._selection_changed()
+
+    def _selection_changed(self) -> None:
+        """The panes follow the new selection: its row, its experiment at once; its log and
+        diff once the watcher has read them (it is told to, and woken)."""
+        self.watcher.follow(self.view.selected)
+        live = self.live
+        if live is not None:
+            now = self.clock()
+            live.query_one(FlightsPane).show(self.view, now)
+            live.query_one(HypothesisPane).show(self.view, now)
+        self._refresh_footer()  # skip and keep apply to the selected experiment's phase
+
     def _show_engine(self, live: LiveScreen, now: float) -> None:
         engine = self.view.engine_state(now)
         live.show_top(self.view, engine, self.last_ack, self.watcher.polling)
@@ -283,6 +325,7 @@ class MonitorApp(App[str | None]):
         live = self.live
         if live is not None:
             now = self.clock()
+            live.query_one(FlightsPane).show(self.view, now)
             live.query_one(HypothesisPane).show(self.view, now)
             self._show_engine(live, now)
         if not self._exit:
@@ -319,8 +362,7 @@ class MonitorApp(App[str | None]):
         if "state" in changed:
             found += news.paused(view.paused, view.state.error)
         if batch.alive is not None:
-            where = f"#{view.n:04d} {view.phase}" if view.n is not None else view.phase
-            found += news.alive(batch.alive, view.phase, where)
+            found += news.alive(batch.alive, view.phase, view.where())
         news.primed = True
         if found and self.bell:
             self._alerts += found
@@ -353,13 +395,22 @@ class MonitorApp(App[str | None]):
 
     def collect_stats(self) -> None:
         pid = self.lock_pid if self.view.alive else None
+        trees = self.training_trees() if pid else {}
         self.run_worker(
-            lambda: self.sampler.sample(pid),
+            (lambda: self.sampler.sample(pid, trees)) if trees else (lambda: self.sampler.sample(pid)),
             name="stats",
             group="stats",
             thread=True,
             exit_on_error=False,
         )
+
+    def training_trees(self) -> dict[str, int]:
+        """With several workers, each running experiment's training process (its group's
+        leader, state.json's ``train_pgid``), by its label ("w1 #0012")."""
+        if not self.view.several:
+            return {}
+        return {f"w{f.worker if f.worker is not None else '?'} #{f.n:04d}": f.train_pgid
+                for f in self.view.flights if f.train_pgid}
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
@@ -407,6 +458,8 @@ class MonitorApp(App[str | None]):
             return alive and (view.paused or view.pause_requested)
         if action in ("skip", "keep"):
             return alive and view.in_flight
+        if action == "select":
+            return view.several and len(view.flights) > 1
         if action == "note":
             return alive
         if action == "restart":
@@ -419,13 +472,23 @@ class MonitorApp(App[str | None]):
         if self._modal_open:
             return  # repeated presses do not stack modals
         if cmd in CONFIRM:
-            title, question, yes = CONFIRM[cmd]
+            # With several workers, the experiment selected now (not when the answer comes:
+            # the selection may move meanwhile), by its number.
+            n = self.view.selected if self.view.several else None
+            if n is not None:
+                flight = self.view.flight
+                about = [f"worker {flight.worker}"] if flight is not None and flight.worker is not None else []
+                about += [fmt.one_line(self.view.description(), 60)]
+                what = " (" + ": ".join(a for a in about if a) + ")" if any(about) else ""
+                title, question, yes = (part.format(n=n, what=what) for part in CONFIRM_ONE[cmd])
+            else:
+                title, question, yes = CONFIRM[cmd]
             self._modal_open = True
 
             def answered(ok: bool | None) -> None:
                 self._modal_open = False
                 if ok:
-                    self.send(cmd)
+                    self.send(cmd, n=n)
 
             self.push_screen(ConfirmModal(title, question, yes), answered)
         else:
@@ -443,19 +506,23 @@ class MonitorApp(App[str | None]):
 
         self.push_screen(NoteModal(), answered)
 
-    def send(self, cmd: str, text: str | None = None) -> bool:
-        """Send one command from a worker thread. False if it was a repeat and not sent."""
+    def send(self, cmd: str, text: str | None = None, *, n: int | None = None) -> bool:
+        """Send one command from a worker thread. False if it was a repeat and not sent.
+        ``n``: the experiment it is for (skip or keep with several workers), sent as text."""
         now = self.clock()
-        if cmd in self._in_flight or (cmd != "note" and now - self._last_sent.get(cmd, -1e9) < DEBOUNCE_S):
-            self.notify(f"{cmd}: already sent, waiting for the engine", severity="information", timeout=2)
+        key = cmd  # what a repeat is, and what the acknowledgement is called
+        if n is not None:
+            text, key = str(n), f"{cmd} #{n:04d}"
+        if key in self._in_flight or (cmd != "note" and now - self._last_sent.get(key, -1e9) < DEBOUNCE_S):
+            self.notify(f"{key}: already sent, waiting for the engine", severity="information", timeout=2)
             return False
-        self._in_flight.add(cmd)
-        self._last_sent[cmd] = now
+        self._in_flight.add(key)
+        self._last_sent[key] = now
         self._sent_at[cmd] = time.time()  # wall clock, to recognise our own command events
         sock = self.run_dir.socket
         self.run_worker(
             lambda: send_command(sock, cmd, text),
-            name=cmd,
+            name=key,
             group="command",
             thread=True,
             exit_on_error=False,
@@ -506,7 +573,8 @@ class MonitorApp(App[str | None]):
             from tui.live import unsandboxed_note
 
             reason = self.view.unsandboxed()
-            self.push_screen(HelpScreen(note=unsandboxed_note(reason) if reason is not None else None))
+            self.push_screen(HelpScreen(note=unsandboxed_note(reason) if reason is not None else None,
+                                        several=self.view.several))
 
     def action_quit_monitor(self) -> None:
         if self._modal_open:
@@ -544,11 +612,17 @@ class MonitorApp(App[str | None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         if isinstance(screen, LiveScreen):
+            n = self.view.selected if self.view.several else None
+            which = f" #{n:04d}" if n is not None else ""
             entries = [
                 ("pause", "Pause", "Hold the loop after the current experiment", lambda: self.confirm_and_send("pause")),
                 ("resume", "Resume", "Let the loop go on", lambda: self.confirm_and_send("resume")),
-                ("skip", "Skip this run", "Stop the current run now (asks first)", lambda: self.confirm_and_send("skip")),
-                ("keep", "Force-keep this experiment", "Keep it if it ends with a metric (asks first)", lambda: self.confirm_and_send("keep")),
+                ("skip", f"Skip this run{which}", "Stop the current run now (asks first)", lambda: self.confirm_and_send("skip")),
+                ("keep", f"Force-keep this experiment{which}", "Keep it if it ends with a metric (asks first)", lambda: self.confirm_and_send("keep")),
+                ("select", "Next running experiment", "Select it: the panes follow it, s and k act on it (])",
+                 lambda: self.select_step(1)),
+                ("select", "Previous running experiment", "Select it: the panes follow it, s and k act on it ([)",
+                 lambda: self.select_step(-1)),
                 ("note", "Note for the agent", "Text the agent reads in its next proposal", self.ask_note),
                 ("history", "History", "Every experiment of this run", self.open_history),
                 ("diff", "Pending change", "The current diff, full screen", self.open_diff),

@@ -134,7 +134,7 @@ Live screen
   tab      move between panes; at 80x24, 1-4 switch tabs
   ctrl+p   command palette: every action, plus themes
   q        quit: leave the loop running (default) or stop it
-
+{several}
 History
   enter    open the experiment: hypothesis, diff, log, metrics, eval.json
   o        sort by the next column (clicking a header does too)
@@ -155,6 +155,13 @@ notification (OSC 9), on a new best, a hang or timeout, a pause on an
 error, or the engine gone. Off by default.
 """
 
+# Only with several workers (a row per running experiment above the panes).
+SEVERAL_TEXT = """
+Several workers: a row per running experiment, above the panes
+  ] / [    select the next / previous one (or click its row); the
+           experiment, log and diff panes follow it, s and k act on it
+"""
+
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "Close")]
@@ -167,9 +174,10 @@ class HelpScreen(ModalScreen[None]):
     HelpScreen #help-note { margin-bottom: 1; color: $error; }
     """
 
-    def __init__(self, note: str | None = None):
+    def __init__(self, note: str | None = None, several: bool = False):
         super().__init__()
         self.note = note  # something the user must know about this run (no sandbox), shown first
+        self.several = several  # several workers: the keys of the list of running experiments
 
     def compose(self) -> ComposeResult:
         with VerticalScroll() as box:
@@ -177,4 +185,4 @@ class HelpScreen(ModalScreen[None]):
             box.border_subtitle = "Esc closes"
             if self.note:
                 yield Static(Text(self.note, style="bold"), id="help-note")
-            yield Static(Text(HELP_TEXT))
+            yield Static(Text(HELP_TEXT.format(several=SEVERAL_TEXT if self.several else "")))

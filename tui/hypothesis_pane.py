@@ -65,18 +65,22 @@ class HypothesisPane(Widget):
     def show(self, view: RunView, now: float) -> None:
         self._shown = (view, now)
         n = view.n
-        head = self._head(view, view.phase, now)
+        head = self._head(view, view.exp_phase, now)
         desc = view.description()
         hyp = view.hypothesis()
-        streaming = bool(hyp) and n is not None and n not in view.proposals and not view.state.hypothesis
+        streaming = bool(hyp) and n is not None and n not in view.proposals and not view.current().hypothesis
         runs = self._runs(view)
         pending = self._next(view)
         score = self._score(view)
-        key = (n, head.plain, desc, hyp, streaming, runs.plain, pending.plain, tuple(t.plain for t in score))
+        flight = view.flight  # with several workers, the selected one
+        worker = flight.worker if flight is not None else None
+        key = (n, worker, head.plain, desc, hyp, streaming, runs.plain, pending.plain, tuple(t.plain for t in score))
         if key == self._key:
             return  # nothing new: no repaint (a slow SSH link pays for every one)
         self._key = key
         self.border_title = f"Experiment #{n:04d}" if n is not None else "Experiment"
+        if worker is not None:
+            self.border_title += f" · worker {worker}"
         self.head, self.hyp, self.streaming, self.score, self.runs = head, hyp, streaming, score, runs
         self.next = pending
         self.desc = Text(desc, style="bold") if desc else Text("(no description yet)", style="dim")
@@ -137,7 +141,7 @@ class HypothesisPane(Widget):
         line = Text()
         line.append(f" {view.phase_label().upper()} ", style="reverse")
         line.append("  ")
-        since = state.phase_started_at
+        since = view.current().phase_started_at
         budget = state.budget
         if phase in ("running", "confirming") and since is not None and budget is not None:
             elapsed = max(0.0, now - since)

@@ -2,7 +2,9 @@
 
 At 160x50 (and down to about 100x30) every pane is visible in a grid. Smaller, the
 screen turns compact: the experiment pane stays on top and the other four become tabs
-(1-4 switch). Keys are bound here; the work behind them lives in the app.
+(1-4 switch). With several workers, a row per running experiment sits above the panes
+(``[`` and ``]`` select one; the panes follow it). Keys are bound here; the work behind
+them lives in the app.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from textual.widgets import Static, Tab, Tabs
 from tui import fmt
 from tui.chart_pane import ChartPane, show_metric
 from tui.diff_pane import DiffPane
+from tui.flights_pane import FlightsPane
 from tui.hypothesis_pane import HypothesisPane
 from tui.keybar import KeyBar
 from tui.log_pane import LogPane
@@ -48,6 +51,8 @@ class LiveScreen(Screen):
         Binding("p", "resume", "Resume"),
         Binding("s", "skip", "Skip"),
         Binding("k", "keep", "Keep"),
+        Binding("right_square_bracket", "select(1)", "Select", key_display="[ ]"),  # shown with several workers
+        Binding("left_square_bracket", "select(-1)", "Previous", show=False),
         Binding("n", "note", "Note"),
         Binding("h", "history", "History"),
         Binding("d", "diff", "Diff"),
@@ -75,6 +80,8 @@ class LiveScreen(Screen):
     LiveScreen .pane { border: round $primary 50%; border-title-color: $text; padding: 0 1; }
     LiveScreen .pane:focus-within { border: round $primary; }
     LiveScreen #log-pane { row-span: 2; padding: 0; }
+    LiveScreen #flights { border-subtitle-color: $text-muted; }
+    LiveScreen.-compact #flights { border: none; }
     LiveScreen #tabs { display: none; }
     LiveScreen.-compact #body { layout: vertical; }
     LiveScreen.-compact #tabs { display: block; height: 2; }
@@ -86,6 +93,7 @@ class LiveScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(id="topbar")
         yield Static(id="banner")
+        yield FlightsPane(id="flights", classes="pane")
         with Container(id="body"):
             yield HypothesisPane(id="hypothesis", classes="pane")
             yield Tabs(
@@ -190,7 +198,7 @@ class LiveScreen(Screen):
             self._banner_text = None
             return
         seen = view.last_seen()
-        where = f"#{view.n:04d} {view.phase}" if view.n is not None else view.phase
+        where = view.where()
         last_error = f"Last error: {error}. " if error else ""
         text = Text()
         if engine == "gone":
@@ -235,6 +243,9 @@ class LiveScreen(Screen):
 
     def action_keep(self) -> None:
         self.app.confirm_and_send("keep")  # type: ignore[attr-defined]
+
+    def action_select(self, step: int) -> None:
+        self.app.select_step(step)  # type: ignore[attr-defined]
 
     def action_note(self) -> None:
         self.app.ask_note()  # type: ignore[attr-defined]

@@ -2,6 +2,12 @@
 
 ``RunView.apply(batch)`` returns the names of the parts that changed so the app redraws
 only those panes (a slow SSH link pays for every repaint).
+
+With several workers (``[loop] workers``) several experiments run at once, one entry
+each in state.json's ``flights``; the view keeps one of them selected (``selected``),
+and every per-experiment value (``n``, ``exp_phase``, the hypothesis, the runs so far)
+is that one's. With one worker nothing is selected and those values come from the top
+level of state.json, as they always did.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.results import IN_FLIGHT_PHASES, Baseline, Best, Noise, Result, Standing, State, grouped_counts
+from tui.flights import Flight, pick_flight, read_flights, several, workers_of
 from tui.fmt import Metric
 from tui.marks import Marks
 from tui.rundata import Batch
@@ -45,11 +52,19 @@ class RunView:
     last_event_ts: float | None = None
     engine_events: list[dict[str, Any]] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)  # acknowledged commands, newest last
+    flights: tuple[Flight, ...] = ()  # the experiments in progress (state.json's flights), by worker
+    selected: int | None = None  # with several workers: the experiment the panes follow
 
     def apply(self, batch: Batch) -> set[str]:
         changed: set[str] = set()
         if batch.state is not None:
             self.state = batch.state
+            flights = read_flights(batch.state)
+            if flights != self.flights:
+                self.flights = flights
+                changed.add("flights")
+            if self._reselect():
+                changed.add("selection")
             changed.add("state")
         if batch.results_reset:
             self.results = []
@@ -106,16 +121,88 @@ class RunView:
             return {"state"}
         return set()
 
+    # -- several workers: which experiment the panes follow ----------------------------
+
+    @property
+    def workers(self) -> int:
+        """The number of workers in force (state.json's configuration), 1 if it does not say."""
+        return workers_of(self.state)
+
+    @property
+    def several(self) -> bool:
+        """Several experiments can run at once: the screen lists them and one is selected."""
+        return several(self.state, self.flights)
+
+    def _reselect(self) -> bool:
+        """Keep the selection on a running experiment (another one once it finishes).
+        Returns whether it changed."""
+        numbers = {f.n for f in self.flights}
+        if not self.several:
+            chosen = None
+        elif self.selected in numbers:
+            chosen = self.selected
+        else:
+            chosen = pick_flight(self.flights)
+        changed, self.selected = chosen != self.selected, chosen
+        return changed
+
+    def select(self, n: int) -> bool:
+        """Select experiment n, if it is running. Returns whether the selection changed."""
+        if not self.several or n == self.selected or n not in {f.n for f in self.flights}:
+            return False
+        self.selected = n
+        return True
+
+    def select_step(self, step: int) -> bool:
+        """The next (step 1) or previous (step -1) running experiment, round the list."""
+        if not self.several or not self.flights:
+            return False
+        numbers = [f.n for f in self.flights]
+        at = numbers.index(self.selected) if self.selected in numbers else (-1 if step > 0 else 0)
+        return self.select(numbers[(at + step) % len(numbers)])  # type: ignore[arg-type]
+
+    @property
+    def flight(self) -> Flight | None:
+        """The selected experiment, with several workers (else None)."""
+        if self.selected is None:
+            return None
+        return next((f for f in self.flights if f.n == self.selected), None)
+
+    def current(self) -> Flight:
+        """The experiment the panes show: the selected one, else the top level of state.json."""
+        flight = self.flight
+        if flight is not None:
+            return flight
+        state = self.state
+        return Flight(n=self.n, phase=self.phase, phase_started_at=state.phase_started_at, started_at=state.started_at,
+                      description=state.description or "", hypothesis=state.hypothesis or "",
+                      runs=tuple(state.runs), baseline_run=state.baseline_run, train_pgid=state.train_pgid)
+
+    def where(self) -> str:
+        """Where the loop is, in a few words: "#0012 running" (each running one with several)."""
+        if self.several and self.flights:
+            return ", ".join(f"#{f.n:04d} {f.phase}" for f in self.flights)
+        return f"#{self.n:04d} {self.phase}" if self.n is not None else self.phase
+
     # -- derived values ---------------------------------------------------------------
 
     @property
     def n(self) -> int | None:
+        if self.selected is not None:
+            return self.selected
         n = self.state.experiment
         return n if n is not None else self.log_n
 
     @property
     def phase(self) -> str:
+        """The engine's phase (with several workers: the last any of them wrote, or paused,
+        stopped); ``exp_phase`` is the shown experiment's own."""
         return self.state.phase or "waiting"
+
+    @property
+    def exp_phase(self) -> str:
+        flight = self.flight
+        return flight.phase if flight is not None else self.phase
 
     @property
     def paused(self) -> bool:
@@ -127,7 +214,8 @@ class RunView:
 
     @property
     def in_flight(self) -> bool:
-        return self.phase in IN_FLIGHT_PHASES
+        """The shown experiment trains or is scored (skip and keep apply to it)."""
+        return self.exp_phase in IN_FLIGHT_PHASES
 
     @property
     def finished(self) -> bool:
@@ -135,10 +223,10 @@ class RunView:
 
     def phase_label(self) -> str:
         """The phase in words: a confirmation run says which run it is ("confirming (run 2 of 2)")."""
-        phase = self.phase
+        phase = self.exp_phase
         if phase != "confirming":
             return phase
-        run = len(self.state.runs) + 1
+        run = len(self.current().runs) + 1
         loop = (self.state.config or {}).get("loop")
         total = loop.get("confirm_runs") if isinstance(loop, dict) else None
         if isinstance(total, int) and not isinstance(total, bool) and total + 1 >= run:
@@ -151,13 +239,27 @@ class RunView:
             return str(self.proposals[n]["hypothesis"])
         if n is not None and n in self.streamed:
             return self.streamed[n]
-        return self.state.hypothesis or ""
+        return self.current().hypothesis
 
     def description(self) -> str:
         n = self.n
         if n is not None and n in self.proposals and self.proposals[n].get("description"):
             return str(self.proposals[n]["description"])
-        return self.state.description or ""
+        return self.current().description
+
+    def flight_text(self, flight: Flight) -> tuple[str, bool]:
+        """One line for a running experiment's row: its description, else (while its
+        agent still writes) the newest line of its hypothesis. True when it is the latter."""
+        n = flight.n
+        proposal = self.proposals.get(n) if n is not None else None
+        if proposal and proposal.get("description"):
+            return str(proposal["description"]), False
+        if flight.description:
+            return flight.description, False
+        text = self.streamed.get(n, "") if n is not None else ""
+        text = text or flight.hypothesis
+        lines = [line for line in text.splitlines() if line.strip()]
+        return (lines[-1] if lines else ""), True
 
     def counts(self) -> dict[str, int]:
         """keep / discard / failed / other, grouped by the engine's rule
@@ -206,7 +308,7 @@ class RunView:
 
     def runs_so_far(self) -> list[float]:
         """Measurements of the experiment in flight (a candidate's runs before its confirmation)."""
-        return list(self.state.runs) if self.in_flight else []
+        return list(self.current().runs) if self.in_flight else []
 
     def agent(self) -> tuple[str, str | None]:
         agent = self.state.agent

@@ -21,6 +21,7 @@ from engine.lock import is_locked
 from engine.results import Result, State, parse_results
 from engine.rundir import RunDir, parse_jsonl_lines, read_json
 from engine.untrusted import strip_control
+from tui.flights import pick_flight, read_flights, several
 
 # A file that grew by more than this while we were not looking is read from its tail:
 # the screen only ever shows the last few thousand lines anyway.
@@ -192,8 +193,17 @@ class RunReader:
         self._diff_stamp: tuple[int, int, int] | None = None
         self.alive: bool | None = None
         self._latest_event_n: int | None = None
+        # The experiment whose run.log and diff.patch to read, when the monitor chose one
+        # (several workers: the selected row); None: the one state.json names. Set from
+        # the UI thread (one assignment), read here.
+        self.follow: int | None = None
 
     def current_n(self) -> int | None:
+        if self.follow is not None:
+            return self.follow
+        flights = read_flights(self.state)
+        if several(self.state, flights) and flights:  # what the view will select first (tui/model.py)
+            return pick_flight(flights)
         if self.state.experiment is not None:
             return self.state.experiment
         return self._latest_event_n
@@ -304,6 +314,13 @@ class RunWatcher:
     def poke(self) -> None:
         """Read now (for example after sending a command)."""
         self._wake.set()
+
+    def follow(self, n: int | None) -> None:
+        """Read experiment n's run.log and diff.patch from now on (None: the one state.json
+        names). The switch comes as a batch with ``log_reset``, like a new experiment."""
+        if n != self.reader.follow:
+            self.reader.follow = n
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()

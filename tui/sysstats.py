@@ -4,6 +4,10 @@
 after each call), so the sampler may keep state between calls: the NVML handle, and the
 psutil.Process objects whose cpu_percent() needs a previous reading to compare with.
 Nothing here raises: a missing NVML library or a vanished process is reported as text.
+
+With several workers, ``sample(engine_pid, trees)`` also sums each worker's training
+process tree (``trees``: label -> the root's pid, inside the engine's tree) and names,
+per GPU, the trees whose processes use it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class GpuReading:
     temp: float | None  # Celsius
     power: float | None  # watts
     power_limit: float | None
+    users: list[str] = field(default_factory=list)  # labels of the sampled trees with a process on it
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Sample:
     gpu_note: str | None = None  # why there are no GPU readings
     proc: ProcReading | None = None  # the engine and its children (training, evaluation)
     proc_note: str | None = None
+    trees: dict[str, ProcReading] = field(default_factory=dict)  # label -> one worker's training tree
     cpu_percent: float | None = None  # whole system
     cpu_count: int | None = None
     mem_used: float | None = None
@@ -50,6 +56,7 @@ class Sampler:
         self._nvml_error: str | None = None
         self._nvml_tried = False
         self._procs: dict[int, Any] = {}  # pid -> psutil.Process (keeps cpu_percent state)
+        self._readings: dict[int, tuple[float, float, int]] = {}  # pid -> (cpu percent, rss, ppid), last sample
         self._psutil: Any = None
 
     # -- GPU --------------------------------------------------------------------
@@ -102,20 +109,52 @@ class Sampler:
             self._procs.clear()
             return None
         seen: dict[int, Any] = {}
+        readings: dict[int, tuple[float, float, int]] = {}
         cpu = rss = 0.0
         for p in members:
             proc = self._procs.get(p.pid, p)  # reuse the object so cpu_percent has a baseline
             seen[p.pid] = proc
             try:
                 with proc.oneshot():
-                    cpu += proc.cpu_percent(None)
-                    rss += proc.memory_info().rss
+                    reading = (proc.cpu_percent(None), float(proc.memory_info().rss), proc.ppid())
             except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess):
                 continue
+            readings[p.pid] = reading
+            cpu += reading[0]
+            rss += reading[1]
         self._procs = seen
+        self._readings = readings
         return ProcReading(cpu_percent=cpu, rss=rss, count=len(seen), root_pid=pid)
 
-    def sample(self, engine_pid: int | None) -> Sample:
+    def _subtrees(self, trees: dict[str, int]) -> tuple[dict[str, ProcReading], dict[int, str]]:
+        """Each tree under its root, summed from the engine tree's readings (cpu_percent
+        can be read once per sample only); and which tree each pid belongs to."""
+        children: dict[int, list[int]] = {}
+        for pid, (_, _, ppid) in self._readings.items():
+            children.setdefault(ppid, []).append(pid)
+        out: dict[str, ProcReading] = {}
+        owner: dict[int, str] = {}
+        for label, root_pid in trees.items():
+            if root_pid not in self._readings:
+                continue  # not (or no longer) in the engine's tree
+            pids, i = [root_pid], 0
+            while i < len(pids):  # breadth first down the tree (one pass, no cycles in a process tree)
+                pids += [c for c in children.get(pids[i], []) if c != root_pid]
+                i += 1
+            out[label] = ProcReading(cpu_percent=sum(self._readings[pid][0] for pid in pids),
+                                     rss=sum(self._readings[pid][1] for pid in pids), count=len(pids), root_pid=root_pid)
+            owner.update((pid, label) for pid in pids)
+        return out, owner
+
+    def _gpu_users(self, gpus: list[GpuReading], owner: dict[int, str]) -> None:
+        """Name, per GPU, the trees whose processes compute on it (NVML's process list)."""
+        nv = self._nvml
+        for g in gpus:
+            procs = _try(lambda: nv.nvmlDeviceGetComputeRunningProcesses(nv.nvmlDeviceGetHandleByIndex(g.index))) or []
+            users = {owner[p.pid] for p in procs if getattr(p, "pid", None) in owner}
+            g.users = sorted(users)
+
+    def sample(self, engine_pid: int | None, trees: dict[str, int] | None = None) -> Sample:
         out = Sample()
         if not self._nvml_tried:
             self._init_nvml()
@@ -142,6 +181,10 @@ class Sampler:
                 out.proc = self._tree(engine_pid)
                 if out.proc is None:
                     out.proc_note = f"engine process {engine_pid} not found"
+                elif trees:
+                    out.trees, owner = self._subtrees(trees)
+                    if out.gpus and owner:
+                        self._gpu_users(out.gpus, owner)
             else:
                 out.proc_note = "no engine process"
         except Exception as e:

@@ -1,7 +1,9 @@
 """GPU (or, without one, CPU) utilization with short sparklines.
 
 The training processes are a tree under one root process, named by ``root_label``: the
-engine in the monitor ("engine pid 4242"), train.py itself in watch mode.
+engine in the monitor ("engine pid 4242"), train.py itself in watch mode. With several
+workers, a line per worker's training tree ("w1 #0012") follows, and each GPU names the
+workers that compute on it.
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ class UtilPane(Static):
         if sample.gpus:
             for g in sample.gpus:
                 out.append(f"GPU{g.index} ", style="bold")
-                out.append(fmt.one_line(g.name, 24) + "\n", style="dim")
+                out.append(fmt.one_line(g.name, 24), style="dim")
+                if g.users:
+                    out.append("  " + ", ".join(g.users))
+                out.append("\n")
                 out.append(f"  util {g.util:>3.0f}% " if g.util is not None else "  util   —  ")
                 out.append(self._spark(f"gpu{g.index}.util") + "\n", style=busy)
                 out.append(f"  mem  {fmt.bytes_(g.mem_used)} / {fmt.bytes_(g.mem_total)} ")
@@ -92,6 +97,9 @@ class UtilPane(Static):
             out.append(self._spark("proc.cpu"), style=busy)
             procs = f"{p.count} proc{'s' if p.count != 1 else ''}"
             out.append(f"\n  rss {fmt.bytes_(p.rss)} · {procs} · {self.root_label} pid {p.root_pid}\n")
+            for label, tree in sample.trees.items():  # several workers: each one's training
+                out.append(f"  {label} ", style="bold")
+                out.append(f" cpu {tree.cpu_percent:>4.0f}%  rss {fmt.bytes_(tree.rss)}\n")
         elif sample.proc_note:
             out.append(f"training: {sample.proc_note}\n", style="dim")
         if sample.cpu_percent is not None:

@@ -158,6 +158,46 @@ class FakeEngine:
         self.set_state(phase=phase, phase_started_at=at, hypothesis=hypothesis, description=description)
         self.event("phase", n=n, phase=phase, ts=at)
 
+    # -- several workers: one entry of state.flights per running experiment ----------------
+
+    def begin_flight(self, n: int, worker: int, description: str, hypothesis: str, diff: str = DIFF, *,
+                     phase: str = "running", at: float | None = None, stream: list[str] | None = None,
+                     **fields: Any) -> None:
+        """Worker ``worker`` proposes and starts experiment n (events name the worker); its
+        entry joins state.flights, and the top level holds it, as the last one written."""
+        at = self.t0 if at is None else at
+        exp = self.run.experiment(n)
+        exp.mkdir(parents=True, exist_ok=True)
+        self.event("phase", n=n, phase="proposing", worker=worker, ts=at)
+        for chunk in stream or [hypothesis]:
+            self.event("hypothesis", n=n, text=chunk, worker=worker, ts=at)
+        if phase != "proposing":
+            self.event("proposal", n=n, hypothesis=hypothesis, description=description, agent=self.state.agent,
+                       worker=worker, ts=at)
+            (exp / "hypothesis.md").write_text(hypothesis + "\n")
+            (exp / "diff.patch").write_text(diff)
+        self.event("phase", n=n, phase=phase, worker=worker, ts=at)
+        proposed = phase != "proposing"
+        entry = {"worker": worker, "experiment": n, "phase": phase, "phase_started_at": at, "started_at": at,
+                 "baseline_run": False, "description": description if proposed else None,
+                 "hypothesis": hypothesis if proposed else None, "commit": None, "parent": BASE_COMMIT,
+                 "train_pgid": None, "runs": [], **fields}
+        flights = [f for f in self.state.flights if f.get("worker") != worker] + [entry]
+        top = {k: v for k, v in entry.items() if k in State.__dataclass_fields__}
+        self.set_state(flights=sorted(flights, key=lambda f: f["worker"]), **top)
+
+    def update_flight(self, n: int, **fields: Any) -> None:
+        """Change experiment n's entry of state.flights (and the top level, as the engine does)."""
+        for entry in self.state.flights:
+            if entry.get("experiment") == n:
+                entry.update(fields)
+        self.set_state(flights=list(self.state.flights),
+                       **{k: v for k, v in fields.items() if k in State.__dataclass_fields__})
+
+    def end_flight(self, n: int) -> None:
+        """Experiment n is over: its entry leaves state.flights."""
+        self.set_state(flights=[f for f in self.state.flights if f.get("experiment") != n])
+
     def log(self, n: int, *lines: str, raw: bytes | None = None) -> None:
         path = self.run.experiment(n) / "run.log"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -348,6 +388,33 @@ def target_run(engine: FakeEngine) -> None:
     engine.begin(6, "shorter system prompt", "A shorter system prompt leaves more of the context for the task "
                  "itself, and the model follows the answer format as well without the long preamble.")
     engine.set_state(next_proposal={"n": 7, "state": "thinking"})
+
+
+WORKERS_CONFIG = {"loop": {"workers": 2, "confirm_runs": 1, "baseline_runs": 2}}
+DIFF_13 = """diff --git a/train.py b/train.py
+--- a/train.py
++++ b/train.py
+@@ -14,7 +14,7 @@ LEARNING_RATE = 0.003
+ WARMUP_STEPS = 100
+-N_LAYER = 4
++N_LAYER = 6
+ N_HEAD = 4
+"""
+
+
+def two_flights(engine: FakeEngine) -> None:
+    """#0012 (worker 0) and #0013 (worker 1) running at once, each with its own log and diff."""
+    engine.set_state(config=WORKERS_CONFIG)
+    engine.finish(8, "baseline", 1.9000, "baseline: unmodified train.py (run 1 of 2)", worker=0)
+    engine.finish(9, "baseline", 1.9060, "baseline: unmodified train.py (run 2 of 2)", worker=1)
+    engine.finish(10, "keep", None, "raise LEARNING_RATE 0.003 -> 0.004", runs=[1.8720, 1.8760], worker=0)
+    engine.finish(11, "discard", 1.9050, "deeper: N_LAYER 4 -> 5", worker=1)
+    engine.begin_flight(12, 0, "longer warmup: WARMUP_STEPS 100 -> 200",
+                        "A longer warmup steadies the first steps at the higher learning rate.", at=engine.t0)
+    engine.begin_flight(13, 1, "deeper: N_LAYER 4 -> 6", "Two more layers use the budget better than width.",
+                        DIFF_13, at=engine.t0 + 20)
+    engine.log(12, *[f"w0 step {i:05d} | loss {3.2 / (1 + i / 100):.4f}" for i in range(0, 200, 10)])
+    engine.log(13, *[f"w1 step {i:05d} | loss {3.3 / (1 + i / 100):.4f}" for i in range(0, 100, 10)])
 
 
 NON_CAUSAL = "the scorer refused the model: non-causal (changing later bytes changed earlier predictions)"

@@ -1,13 +1,15 @@
 """End to end: the real `autoresearch` in tmux, against the real engine and a tiny genome.
 
 The screen shows a running experiment, `p` pauses the loop, `q` leaves the engine
-running, and a second `autoresearch tui` attaches to it again.
+running, and a second `autoresearch tui` attaches to it again. With two workers, a row
+per running experiment, and skip acts on the selected one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -189,3 +191,68 @@ def test_log_keeps_painting_past_its_line_limit(repo, tmp_path):
     finally:
         tmux.kill()
         engine.release()
+
+
+TWO_WORKERS_TOML = """\
+[loop]
+budget_seconds = 30
+timeout_seconds = 90
+hang_seconds = 30
+baseline_runs = 2
+remeasure_every = 0
+warm_imports = []
+"""
+
+
+def test_two_workers_in_tmux_against_the_real_engine(tmp_path):
+    """`autoresearch --workers 2` on the engine tests' stand-in genome, slowed down (each
+    baseline run prints for ~30 s): a row per running experiment, ] moves the panes to the
+    other one, and s skips the selected one by its number."""
+    from tests.engine.genome import TRAIN_PY as STAND_IN, make_repo, set_constant
+
+    repo = make_repo(tmp_path / "genome", train_py=set_constant(STAND_IN, "MODE", "slow"), config=False)
+    (repo / "autoresearch.toml").write_text(TWO_WORKERS_TOML)
+    subprocess.run(["git", "-C", str(repo), "add", "autoresearch.toml"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "two workers"], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "NO_COLOR", "ANTHROPIC_API_KEY")}
+    env.update(TERM="xterm-256color", AUTORESEARCH_CACHE=str(tmp_path / "cache"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    tmux = Tmux(f"autoresearch-workers-{os.getpid()}", env)
+    cli = f"{shlex.quote(sys.executable)} -m autoresearch --repo {shlex.quote(str(repo))}"
+    run = RunDir.for_tag(repo, "w2")
+    pid = None
+
+    def row(worker: int) -> re.Pattern[str]:
+        return re.compile(rf"#(\d{{4}})  w{worker}  running")
+
+    try:
+        tmux.start(f"{cli} run --tag w2 --workers 2", 120, 40)
+        screen = tmux.wait_for(lambda s: row(0).search(s) and row(1).search(s), "a row per worker, both training")
+        pid = holder_pid(run.lock)
+        assert "2 of 2 workers" in screen
+        first, second = (int(row(k).search(screen).group(1)) for k in (0, 1))
+        selected = int(re.search(r"▸ #(\d{4})", screen).group(1))
+        other = second if selected == first else first
+        tmux.wait_for(lambda s: f"Training log #{selected:04d}" in s and "step " in s, "the selected one's log")
+
+        tmux.keys("]")  # the other row: the log follows it
+        tmux.wait_for(lambda s: f"▸ #{other:04d}" in s and f"Training log #{other:04d}" in s, "the other one's log")
+
+        tmux.keys("s")
+        tmux.wait_for(lambda s: f"Skip #{other:04d}?" in s, "the dialog naming it")
+        tmux.keys("y")
+        tmux.wait_for(lambda s: f"skip #{other:04d}: accepted" in s, "the engine's acknowledgement")
+        deadline = time.monotonic() + 20
+        while not any(r.n == other and r.status == "skipped" for r in run.read_results()):
+            assert time.monotonic() < deadline, "the skipped experiment was not recorded"
+            time.sleep(0.2)
+        assert not any(r.n == selected for r in run.read_results())  # the other one runs on
+    finally:
+        tmux.kill()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 20
+            while holder_pid(run.lock) and time.monotonic() < deadline:
+                time.sleep(0.1)
