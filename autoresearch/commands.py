@@ -175,7 +175,14 @@ def format_status(d: dict[str, Any]) -> str:
     lines.append(f"agent {name}{model}{budget}, cost ${d.get('cost_usd') or 0:.2f}")
     if d.get("sandbox"):
         lines.append(f"sandbox: {d['sandbox']}")
-    if d.get("description") and d["engine_alive"]:
+    flights = [f for f in d.get("flights") or [] if isinstance(f, dict)] if d["engine_alive"] else []
+    if len(flights) > 1:  # several workers: one line each
+        for f in sorted(flights, key=lambda f: f.get("worker") or 0):
+            n = f"#{f['experiment']:04d}" if isinstance(f.get("experiment"), int) else "#----"
+            since = f" for {_ago(f['phase_started_at'])}" if f.get("phase_started_at") else ""
+            lines.append(f"worker {f.get('worker')}: {n} {f.get('phase') or '?'}{since}  {f.get('description') or ''}"
+                         .rstrip())
+    elif d.get("description") and d["engine_alive"]:
         lines.append(f"now: {d['description']}")
     best, base = d.get("best"), d.get("baseline")
     if best:

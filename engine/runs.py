@@ -108,6 +108,7 @@ def status_data(repo: Path, tag: str) -> dict[str, Any]:
         "pause_requested": state.pause_requested if alive else False,
         "hypothesis": state.hypothesis if alive else None,
         "description": state.description if alive else None,
+        "flights": state.flights if alive else [],  # one per running experiment (several workers)
         "best": state.best.to_dict() if state.best else None,
         "baseline": state.baseline.to_dict() if state.baseline else None,
         "experiments": len(results),

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import psutil
 
+from autoresearch.commands import format_status
 from engine.control import send_command
+from engine.runs import status_data
 from engine.rundir import RunDir
 
 from .conftest import log_text, make_engine, processes_in, run_engine
@@ -97,6 +100,9 @@ def test_skip_names_the_experiment_when_two_are_running(repo, background):
 
     bg.wait_for(both_running, 30, "two changes training")
     numbers = sorted(f["experiment"] for f in bg.state().flights)
+    shown = format_status(status_data(repo, "t"))  # `autoresearch status`: a line per worker
+    for n in numbers:
+        assert re.search(rf"^worker [01]: #{n:04d} running for \d+ s  MODE=slow", shown, re.M), shown
     reply = send_command(bg.rd.socket, "skip")
     assert not reply["ok"] and "2 experiments are running" in reply["reason"]
     assert send_command(bg.rd.socket, "skip", f"#{numbers[0]}")["ok"]
