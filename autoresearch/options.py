@@ -17,6 +17,7 @@ RUN_OPTIONS: list[tuple[str, str, type, str, str]] = [
     ("--agent-command", "agent.command", str, "CMD", "the agent CLI (for --agent command), prompt on stdin"),
     ("--workers", "loop.workers", int, "N", "experiments at once (default: one per GPU; 1 on a CPU)"),
     ("--seed", "loop.seed", int, "N", "seed for the heuristic agent"),
+    ("--ray", "loop.ray", str, "ADDRESS", 'train and score each experiment on a Ray cluster ("auto" or HEAD:PORT)'),
 ]
 
 

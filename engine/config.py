@@ -88,6 +88,12 @@ class LoopConfig:
     min_free_gb: float = 1.0  # the loop pauses before an experiment when less disk is free in the run directory
     max_failures_in_a_row: int = 5  # experiments that crash, time out, hang, run out of memory or NaN: then pause
     workers: int | None = None  # experiments at once; None: one per visible GPU, 1 on a CPU (engine/lanes.py)
+    # Run every experiment's training and scoring on a Ray cluster (engine/remote.py): "auto" (the
+    # cluster this machine belongs to) or the head's address, like "10.0.0.5:6379". None: here.
+    ray: str | None = None
+    # What one experiment asks of a Ray node; with ray set and workers unset, workers = how many
+    # experiments the cluster's nodes can hold at once by this measure.
+    ray_resources: dict[str, float] = field(default_factory=lambda: {"GPU": 1.0})
 
     def effective_budget(self) -> float:
         if self.budget_seconds is not None:
@@ -304,6 +310,15 @@ def validate(config: Config) -> None:
         raise ConfigError("max_experiments must be at least 1")
     if loop.workers is not None and not 1 <= loop.workers <= 64:
         raise ConfigError("workers must be between 1 and 64")
+    if loop.ray is not None and (not loop.ray.strip() or any(c.isspace() for c in loop.ray)):
+        raise ConfigError('[loop] ray must be "auto" or the Ray head\'s address, like "10.0.0.5:6379"')
+    resources = loop.ray_resources
+    if not isinstance(resources, dict) or not resources or not all(
+            isinstance(k, str) and k and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v) and v > 0 for k, v in resources.items()):
+        raise ConfigError("[loop] ray_resources must map Ray resource names to positive amounts, "
+                          "like {GPU = 1}")
+    loop.ray_resources = {k: float(v) for k, v in resources.items()}
     if not loop.mutable:
         raise ConfigError("[loop] mutable must name at least one file")
     for name in loop.mutable:

@@ -203,22 +203,12 @@ class Worktree:
         Only regular files are written; links and anything that would land outside
         ``dest`` are skipped (a change that adds a link is rejected before it gets here).
         """
-        dest = Path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
-        data = self.repo.git.archive("--format=tar", sha, stdout_as_string=False)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for member in tar:
-                name = Path(member.name)
-                if name.is_absolute() or ".." in name.parts:
-                    continue
-                target = dest / name
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                elif member.isfile():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                    os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
+        extract_archive(self.archive(sha), dest)
+
+    def archive(self, sha: str) -> bytes:
+        """``git archive`` of ``sha`` (a tar of its tracked files), for ``extract_archive``
+        here or on another machine (engine/remote.py ships it to a Ray node)."""
+        return self.repo.git.archive("--format=tar", sha, stdout_as_string=False)
 
     def change(self, binary: bool = False) -> Change:
         """The agent's change: stages everything (so new files show) and diffs it.
@@ -282,6 +272,26 @@ class Worktree:
             return self.repo.git.show(f"{sha}:{relpath}")
         except git.GitCommandError:
             return None
+
+
+def extract_archive(data: bytes, dest: Path) -> None:
+    """Write the regular files of a ``git archive`` tar into ``dest``: links and anything
+    that would land outside ``dest`` are skipped; modes are 0644 or 0755."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar:
+            name = Path(member.name)
+            if name.is_absolute() or ".." in name.parts:
+                continue
+            target = dest / name
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif member.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
 
 
 def _has_identity(repo: git.Repo) -> bool:

@@ -63,7 +63,12 @@ class Engine:
                  agent_retry_seconds: float = 5.0, agent_stop_wait: float = 2.0, **kwargs):
         self.s = Session(repo, tag, config, agent, out=out, kill_grace=kill_grace,
                          agent_retry_seconds=agent_retry_seconds, agent_stop_wait=agent_stop_wait, **kwargs)
-        self.s.lanes = make_lanes(config.loop.effective_workers())
+        if config.loop.ray:  # every worker's runs go to a node of a Ray cluster (engine/remote.py)
+            from .remote import make_remote_lanes
+
+            self.s.lanes = make_remote_lanes(config)
+        else:
+            self.s.lanes = make_lanes(config.loop.effective_workers())
         self.next: NextProposal | None = None  # a pipelined proposal being written
         self.taken = 0  # experiments this engine has numbered (for max_experiments)
 
@@ -115,6 +120,10 @@ class Engine:
             if self.next is not None:
                 self.next.cancel(s)
             discard_warm(s)
+            if any(lane.remote is not None for lane in s.lanes):
+                from .remote import close_remote
+
+                close_remote(s)
             close_tag(s, server)
         if s.exit_code == 0 and s.stop_signal is not None:
             return 128 + s.stop_signal

@@ -455,6 +455,8 @@ class State:
     noise: Noise | None = None  # the noise estimate in force
     runs: list[float] = field(default_factory=list)  # measurements of the experiment in flight so far
     flights: list[dict[str, Any]] = field(default_factory=list)  # with several workers: each one's experiment
+    node: str | None = None  # with --ray: the node the experiment in flight runs on ("host (ip)")
+    node_util: dict[str, Any] | None = None  # that node's cpu %, memory and its GPUs (engine/remote.py)
     next_proposal: dict[str, Any] | None = None  # a pipelined proposal: {"n", "state": thinking|ready|rebased|dropped}
     updated_at: float | None = None
     heartbeat_at: float | None = None
@@ -504,7 +506,7 @@ class State:
                 value = [x for x in value if isinstance(x, dict)] if isinstance(value, list) else []
             elif f.name == "notes_pending":
                 value = [x for x in value if isinstance(x, str)] if isinstance(value, list) else []
-            elif f.name in ("agent", "config", "next_proposal"):
+            elif f.name in ("agent", "config", "next_proposal", "node_util"):
                 value = value if isinstance(value, dict) else None
             else:
                 value = value if isinstance(value, str) else None

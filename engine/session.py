@@ -58,6 +58,7 @@ class Lane:
     warm_slot: object = None  # engine/warm.py's Slot, started ahead for this lane's next run
     env: dict[str, str] = field(default_factory=dict)  # its share of the machine (GPU, threads)
     fields: dict = field(default_factory=dict)  # its experiment's entry in state.flights
+    remote: object = None  # engine/remote.py's RemoteRunner: its runs train and score on a Ray node
     tree: str | None = None  # the code its change experiment measures (git tree), to catch twins
 
 
@@ -198,7 +199,8 @@ class Session:
     def end_flight(self) -> None:
         with self._flights_lock:
             self.lane.fields, self.lane.tree = {}, None
-            self.journal.update_state(flights=self._flight_entries(), train_pgid=None, runs=[])
+            self.journal.update_state(flights=self._flight_entries(), train_pgid=None, runs=[], node=None,
+                                      node_util=None)
 
     def watch_git_metadata(self) -> gitops.GitMetadata:
         """A snapshot of the repository's git metadata to check this lane's proposal against.

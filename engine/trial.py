@@ -113,7 +113,10 @@ def run_trial(s: Session, n: int, commit: str, exp_dir: Path, timings: dict[str,
               holdout: bool = False, run: int = 1) -> Outcome:
     """Train and score ``commit`` once. Run 2 and later are confirmation runs: their phase is
     "confirming", their output follows a marker in the same run.log, and their timings are
-    added up. With ``holdout`` the scorer also scores the holdout slice."""
+    added up. With ``holdout`` the scorer also scores the holdout slice. A worker on a Ray
+    node (``--ray``) runs this same function there (engine/remote.py)."""
+    if s.lane.remote is not None:
+        return s.lane.remote.run_trial(s, n, commit, exp_dir, timings, holdout=holdout, run=run)
     if run > 1:
         with open(exp_dir / "run.log", "ab") as f:
             f.write(f"\n=== autoresearch: confirmation run {run} ===\n".encode())
