@@ -180,8 +180,9 @@ def format_status(d: dict[str, Any]) -> str:
         for f in sorted(flights, key=lambda f: f.get("worker") or 0):
             n = f"#{f['experiment']:04d}" if isinstance(f.get("experiment"), int) else "#----"
             since = f" for {_ago(f['phase_started_at'])}" if f.get("phase_started_at") else ""
-            lines.append(f"worker {f.get('worker')}: {n} {f.get('phase') or '?'}{since}  {f.get('description') or ''}"
-                         .rstrip())
+            node = f" on {f['node']}" if isinstance(f.get("node"), str) and f["node"] else ""  # --ray
+            lines.append(f"worker {f.get('worker')}{node}: {n} {f.get('phase') or '?'}{since}  "
+                         f"{f.get('description') or ''}".rstrip())
     elif d.get("description") and d["engine_alive"]:
         lines.append(f"now: {d['description']}")
     best, base = d.get("best"), d.get("baseline")

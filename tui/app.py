@@ -219,6 +219,8 @@ class MonitorApp(App[str | None]):
             self.watcher.follow(self.view.selected)
         if changed & {"state", "hypothesis", "selection"}:
             live.query_one(FlightsPane).show(self.view, now)
+        if "flights" in changed:
+            live.query_one(UtilPane).show_nodes(self.view.flights)  # --ray: the nodes' readings
         if "log" in changed:
             pane = live.query_one(LogPane)
             if batch.log_reset:

@@ -20,6 +20,29 @@ def _float(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
+class NodeUtil:
+    """A Ray node's utilization as its worker last reported it (state.json's ``node_util``):
+    the node's CPU % and memory, and the GPUs Ray gave that worker."""
+
+    cpu: float | None = None
+    mem_used: float | None = None
+    mem_total: float | None = None
+    cores: int | None = None
+    gpus: tuple[tuple[int, float | None, float | None, float | None], ...] = ()  # index, util %, used, total
+
+    @classmethod
+    def from_entry(cls, d: Any) -> "NodeUtil | None":
+        if not isinstance(d, dict):
+            return None
+        mem = d.get("mem") if isinstance(d.get("mem"), list) and len(d["mem"]) == 2 else [None, None]
+        gpus = []
+        for g in d.get("gpus") if isinstance(d.get("gpus"), list) else ():
+            if isinstance(g, list) and len(g) == 4 and _int(g[0]) is not None:
+                gpus.append((g[0], _float(g[1]), _float(g[2]), _float(g[3])))
+        return cls(_float(d.get("cpu")), _float(mem[0]), _float(mem[1]), _int(d.get("cores")), tuple(gpus))
+
+
+@dataclass(frozen=True)
 class Flight:
     """One experiment in progress: an entry of state.json's ``flights`` (missing keys are
     unknown), or, with one worker, the top level of state.json."""
@@ -34,6 +57,8 @@ class Flight:
     runs: tuple[float, ...] = ()
     baseline_run: bool = False
     train_pgid: int | None = None
+    node: str = ""  # with --ray: the node it runs on, "host (ip)"
+    node_util: NodeUtil | None = None
 
     @classmethod
     def from_entry(cls, d: dict[str, Any]) -> "Flight":
@@ -49,7 +74,16 @@ class Flight:
             runs=tuple(float(x) for x in runs if _float(x) is not None) if isinstance(runs, list) else (),
             baseline_run=d.get("baseline_run") is True,
             train_pgid=_int(d.get("train_pgid")),
+            node=d["node"] if isinstance(d.get("node"), str) else "",
+            node_util=NodeUtil.from_entry(d.get("node_util")),
         )
+
+    @property
+    def label(self) -> str:
+        """Its worker, and with --ray the node's host: "w1", "w1@gpu-box-2"."""
+        worker = f"w{self.worker}" if self.worker is not None else "w?"
+        host = self.node.split(" (", 1)[0]
+        return f"{worker}@{host}" if host else worker
 
 
 def read_flights(state: State) -> tuple[Flight, ...]:

@@ -2,7 +2,8 @@
 
     ▸ #0012  w1  running     ━━━━━━━━━────────  37s/1m00s  raise LEARNING_RATE 0.003 -> 0.004
 
-One row per entry of state.json's ``flights``: the number, the worker, the phase, the
+One row per entry of state.json's ``flights``: the number, the worker (and with --ray its
+node's host, "w1@gpu-box-2"), the phase, the
 budget bar while it trains (else how long it has been in its phase), and one line of
 its description (or, while its agent writes, the newest line of its hypothesis). The
 selected row (``[`` and ``]``, or a click) is the one the other panes follow and that
@@ -47,6 +48,7 @@ class FlightsPane(Widget):
         self.selected: int | None = None
         self.now = 0.0
         self.budget: float | None = None
+        self.label_width = 2  # the widest worker label ("w1", "w1@gpu-box-2"): the rows' columns align
         self._key: tuple | None = None
         self._shown: tuple[RunView, float] | None = None
         on_theme_change(self, self._restyle)
@@ -70,6 +72,7 @@ class FlightsPane(Widget):
         grew = len(rows) != len(self.rows) or self._key is None
         self._key = key
         self.rows, self.selected, self.now, self.budget = rows, view.selected, now, budget
+        self.label_width = max((len(f.label) for f, _, _ in rows), default=2)
         workers = view.workers
         self.border_title = f"Running · {len(rows)} of {workers} workers" if workers > 1 else "Running"
         self.border_subtitle = "[ ] select · s k act on ▸" if len(rows) > 1 else ""
@@ -98,7 +101,7 @@ class FlightsPane(Widget):
         line = Text(no_wrap=True, overflow="ellipsis")
         line.append(MARK if chosen else " " * len(MARK), style=style("bold $accent"))
         line.append(f"#{flight.n:04d}", style="bold" if chosen else "")
-        line.append(f"  w{flight.worker}" if flight.worker is not None else "  w?", style="dim")
+        line.append(f"  {flight.label:<{self.label_width}}", style="dim")
         line.append("  ")
         line.append(f"{flight.phase:<{PHASE_WIDTH}}", style="reverse" if chosen else "bold")
         line.append("  ")

@@ -3,7 +3,8 @@
 The training processes are a tree under one root process, named by ``root_label``: the
 engine in the monitor ("engine pid 4242"), train.py itself in watch mode. With several
 workers, a line per worker's training tree ("w1 #0012") follows, and each GPU names the
-workers that compute on it.
+workers that compute on it. With --ray, the runs are on other machines: a section per
+node shows what its workers last reported (CPU, memory, the GPUs Ray gave them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui import fmt
+from tui.flights import Flight, NodeUtil
 from tui.sysstats import Sample
 from tui.themes import on_theme_change, theme_style
 
@@ -33,6 +35,7 @@ class UtilPane(Static):
         self.samples = 0
         self.series: dict[str, deque[float]] = {}
         self.sample: Sample | None = None
+        self.nodes: dict[str, tuple[NodeUtil | None, tuple[str, ...]]] = {}  # --ray: node -> its reading, its runs
         self._text: Text | None = None
         self.update(Text("measuring…", style="dim"))
         on_theme_change(self, self._restyle)
@@ -53,6 +56,17 @@ class UtilPane(Static):
         if sample.cpu_percent is not None:
             self._push("sys.cpu", sample.cpu_percent)
         self._draw()
+
+    def show_nodes(self, flights: tuple[Flight, ...]) -> None:
+        """The Ray nodes the running experiments are on, with what their workers reported."""
+        nodes: dict[str, tuple[NodeUtil | None, tuple[str, ...]]] = {}
+        for f in flights:
+            if f.node:
+                util, runs = nodes.get(f.node, (None, ()))
+                nodes[f.node] = (f.node_util or util, (*runs, f"w{f.worker} #{f.n:04d}"))
+        if nodes != self.nodes:
+            self.nodes = nodes
+            self._draw()
 
     def _push(self, key: str, value: float | None) -> None:
         if value is not None:
@@ -109,6 +123,7 @@ class UtilPane(Static):
             out.append(f"\n  mem {fmt.bytes_(sample.mem_used)} / {fmt.bytes_(sample.mem_total)}")
             if sample.cpu_count:
                 out.append(f"  ({sample.cpu_count} cores)")
+        self._draw_nodes(out, style)
         out.rstrip()
         if out != self._text:
             # The pane is as tall as its text: a layout pass only when it is not as tall as
@@ -116,6 +131,26 @@ class UtilPane(Static):
             self._text = out
             self.update(out, layout=not self._fits())
             self.call_after_refresh(self._heal)
+
+    def _draw_nodes(self, out: Text, style) -> None:  # type: ignore[no-untyped-def]
+        for node, (util, runs) in self.nodes.items():
+            out.append("\nnode ", style="bold")
+            out.append(f"{fmt.one_line(node, 40)}  ")
+            out.append(", ".join(runs), style="dim")
+            if util is None:
+                out.append("\n  waiting for its first reading", style="dim")
+                continue
+            cpu = f"{util.cpu:.0f}%" if util.cpu is not None else "—"
+            out.append(f"\n  cpu {cpu:>4}")
+            if util.mem_used is not None and util.mem_total:
+                out.append(f"  mem {fmt.bytes_(util.mem_used)} / {fmt.bytes_(util.mem_total)}")
+            if util.cores:
+                out.append(f"  ({util.cores} cores)")
+            for index, used, mem, total in util.gpus:
+                busy = f"{used:.0f}%" if used is not None else "—"
+                out.append(f"\n  GPU{index} util {busy:>4}", style=style("$primary"))
+                if mem is not None and total:
+                    out.append(f"  mem {fmt.bytes_(mem)} / {fmt.bytes_(total)}")
 
     def _fits(self) -> bool:
         """Whether the pane's height is its text's (or its container's, in the tabs)."""

@@ -170,3 +170,15 @@ def test_each_worker_gets_its_own_gpu_and_a_share_of_the_threads(monkeypatch):
     assert lanes.make_lanes(1)[0].env == {}  # one worker: the whole machine, as before
     monkeypatch.setattr(config, "cuda_available", lambda: False)
     assert config.LoopConfig().effective_workers() == 1  # a CPU: one worker unless asked
+
+
+def test_status_names_each_workers_ray_node():
+    """With --ray, `autoresearch status` says which node each worker's experiment runs on."""
+    d = {"engine_alive": True, "tag": "t", "pid": 42, "phase": "running", "experiment": 4, "counts": {},
+         "experiments": 3, "flights": [
+        {"worker": 1, "experiment": 5, "phase": "evaluating", "description": "LR=0.02", "node": "box-2 (10.0.0.6)"},
+        {"worker": 0, "experiment": 4, "phase": "running", "description": "WIDTH=3"},
+    ]}
+    shown = format_status(d)
+    assert "worker 0: #0004 running  WIDTH=3" in shown, shown
+    assert "worker 1 on box-2 (10.0.0.6): #0005 evaluating  LR=0.02" in shown, shown

@@ -421,3 +421,26 @@ async def test_one_worker_samples_as_before(engine):
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: sampler.asked, "a sample")
         assert sampler.asked == [None]
+
+
+@pytest.mark.anyio
+async def test_ray_nodes_name_each_row_and_show_their_utilization(workers):
+    """With --ray, each row names its node's host, and the utilization pane has a section per
+    node with what its workers last reported (the runs are on other machines)."""
+    gib = 2**30
+    workers.update_flight(12, node="gpu-box-1 (10.0.0.5)",
+                          node_util={"cpu": 41.0, "mem": [12 * gib, 64 * gib], "cores": 32,
+                                     "gpus": [[0, 97, 40 * gib, 80 * gib]]})
+    workers.update_flight(13, node="gpu-box-2 (10.0.0.6)", node_util="garbage")  # read tolerantly
+    app = make_app(workers)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await loaded(pilot, app, workers)
+        first, second = rows(app).splitlines()[:2]
+        assert first.startswith("▸ #0012  w0@gpu-box-1  running"), first
+        assert second.startswith("  #0013  w1@gpu-box-2  running"), second  # the columns align
+        pane = app.screen.query_one(UtilPane)
+        await wait_for(pilot, lambda: "gpu-box-2" in str(pane.render()), "the nodes on screen")
+        text = str(pane.render())
+        assert "node gpu-box-1 (10.0.0.5)  w0 #0012\n  cpu  41%  mem 12.0 GB / 64.0 GB  (32 cores)" in text, text
+        assert "  GPU0 util  97%  mem 40.0 GB / 80.0 GB" in text, text
+        assert "node gpu-box-2 (10.0.0.6)  w1 #0013\n  waiting for its first reading" in text, text
