@@ -3,7 +3,8 @@
 At 160x50 (and down to about 100x30) every pane is visible in a grid. Smaller, the
 screen turns compact: the experiment pane stays on top and the other four become tabs
 (1-4 switch). With several workers, a row per running experiment sits above the panes
-(``[`` and ``]`` select one; the panes follow it). Keys are bound here; the work behind
+(``[`` and ``]`` select one; the panes follow it). The grid, the tabs and the keys it
+shares with watch mode are tui/panes_screen.py's. Keys are bound here; the work behind
 them lives in the app.
 """
 
@@ -12,31 +13,23 @@ from __future__ import annotations
 from functools import partial
 
 from rich.text import Text
-from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container
-from textual.screen import Screen
-from textual.widgets import Static, Tab, Tabs
+from textual.widgets import Static
 
 from tui import fmt
-from tui.chart_pane import ChartPane, show_metric
-from tui.diff_pane import DiffPane
+from tui.chart_pane import show_metric
 from tui.flights_pane import FlightsPane
 from tui.hypothesis_pane import HypothesisPane
 from tui.keybar import KeyBar
-from tui.log_pane import LogPane
 from tui.model import Ack, RunView
+from tui.panes_screen import TAB_BINDINGS, PanesScreen
 from tui.themes import on_theme_change, theme_style
-from tui.util_pane import UtilPane
 
-COMPACT_WIDTH = 100
-COMPACT_HEIGHT = 30
 # The badge in the top bar while training runs without a sandbox: a block of the theme's
 # error colour, and a word that still reads as a badge under NO_COLOR.
 UNSANDBOXED_STYLE = "bold $background on $error"
-# Tab id -> pane id, in the order of the 1-4 keys.
-TABS = {"tab-log": "log-pane", "tab-chart": "chart", "tab-util": "util", "tab-diff": "diff"}
 
 
 def unsandboxed_note(reason: str) -> str:
@@ -45,7 +38,7 @@ def unsandboxed_note(reason: str) -> str:
             "install bubblewrap (bwrap) to confine it.")
 
 
-class LiveScreen(Screen):
+class LiveScreen(PanesScreen):
     BINDINGS = [
         Binding("p", "pause", "Pause"),
         Binding("p", "resume", "Resume"),
@@ -58,36 +51,16 @@ class LiveScreen(Screen):
         Binding("d", "diff", "Diff"),
         Binding("l", "focus_log", "Log"),
         Binding("r", "restart", "Restart engine"),
-        Binding("1", "tab(0)", "Log", show=False),
-        Binding("2", "tab(1)", "Chart", show=False),
-        Binding("3", "tab(2)", "Util", show=False),
-        Binding("4", "tab(3)", "Diff", show=False),
+        *TAB_BINDINGS,
     ]
 
     DEFAULT_CSS = """
-    LiveScreen { layout: vertical; }
-    LiveScreen #topbar { height: 1; background: $panel; color: $foreground; padding: 0 1; }
     LiveScreen #banner { height: auto; display: none; padding: 0 1; background: $error 25%; color: $text; }
     LiveScreen #banner.-warning { background: $warning 25%; }
     LiveScreen #banner.-show { display: block; }
-    LiveScreen #body {
-        height: 1fr;
-        layout: grid;
-        grid-size: 2 3;
-        grid-columns: 3fr 2fr;
-        grid-rows: 13 11 1fr;
-    }
-    LiveScreen .pane { border: round $primary 50%; border-title-color: $text; padding: 0 1; }
-    LiveScreen .pane:focus-within { border: round $primary; }
-    LiveScreen #log-pane { row-span: 2; padding: 0; }
     LiveScreen #flights { border-subtitle-color: $text-muted; }
     LiveScreen.-compact #flights { border: none; }
-    LiveScreen #tabs { display: none; }
-    LiveScreen.-compact #body { layout: vertical; }
-    LiveScreen.-compact #tabs { display: block; height: 2; }
     LiveScreen.-compact #hypothesis { height: 9; }
-    LiveScreen.-compact .switchable { display: none; }
-    LiveScreen.-compact .switchable.-active { display: block; height: 1fr; }
     """
 
     def compose(self) -> ComposeResult:
@@ -96,17 +69,7 @@ class LiveScreen(Screen):
         yield FlightsPane(id="flights", classes="pane")
         with Container(id="body"):
             yield HypothesisPane(id="hypothesis", classes="pane")
-            yield Tabs(
-                Tab("1 Log", id="tab-log"),
-                Tab("2 val_bpb", id="tab-chart"),
-                Tab("3 GPU/CPU", id="tab-util"),
-                Tab("4 Diff", id="tab-diff"),
-                id="tabs",
-            )
-            yield ChartPane(id="chart", classes="pane switchable")
-            yield LogPane(id="log-pane", classes="pane switchable -active")
-            yield UtilPane(id="util", classes="pane switchable")
-            yield DiffPane(id="diff", classes="pane switchable")
+            yield from self.tabbed_panes()
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -117,30 +80,6 @@ class LiveScreen(Screen):
         self._banner_text: tuple[Text, bool] | None = None
         on_theme_change(self, self._restyle)
         self.app.live_ready()  # type: ignore[attr-defined]
-
-    def on_resize(self, event: events.Resize) -> None:
-        compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
-        self.set_class(compact, "-compact")
-
-    @property
-    def compact(self) -> bool:
-        return self.has_class("-compact")
-
-    # -- tabs (compact layout) -------------------------------------------------------
-
-    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
-        if event.tab is None or event.tab.id not in TABS:
-            return
-        for pane_id in TABS.values():
-            self.query_one(f"#{pane_id}").set_class(pane_id == TABS[event.tab.id], "-active")
-
-    def action_tab(self, index: int) -> None:
-        tab_id = list(TABS)[index]
-        self.query_one(Tabs).active = tab_id
-        pane = self.query_one(f"#{TABS[tab_id]}")
-        focusable = [w for w in pane.query("*") if w.focusable] or ([pane] if pane.focusable else [])
-        if focusable:
-            focusable[0].focus()
 
     # -- what the screen shows ---------------------------------------------------------
 
@@ -250,16 +189,5 @@ class LiveScreen(Screen):
     def action_note(self) -> None:
         self.app.ask_note()  # type: ignore[attr-defined]
 
-    def action_history(self) -> None:
-        self.app.open_history()  # type: ignore[attr-defined]
-
-    def action_diff(self) -> None:
-        self.app.open_diff()  # type: ignore[attr-defined]
-
     def action_restart(self) -> None:
         self.app.restart_engine()  # type: ignore[attr-defined]
-
-    def action_focus_log(self) -> None:
-        if self.compact:
-            self.action_tab(0)
-        self.query_one(LogPane).log.focus()

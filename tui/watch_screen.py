@@ -22,25 +22,18 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, VerticalScroll
-from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Static, Tab, Tabs
+from textual.widgets import Static
 
 from engine.results import Result, Standing
 from engine.watch import GitView, TrainingProcess
 from tui import fmt
-from tui.chart_pane import ChartPane
 from tui.dialogs import HelpScreen
-from tui.diff_pane import DiffPane
 from tui.history import HistoryScreen
 from tui.keybar import KeyBar
-from tui.log_pane import LogPane
+from tui.panes_screen import TAB_BINDINGS, PanesScreen
 from tui.themes import on_theme_change, theme_style
-from tui.util_pane import UtilPane
 
-COMPACT_WIDTH = 100
-COMPACT_HEIGHT = 30
-TABS = {"tab-log": "log-pane", "tab-chart": "chart", "tab-util": "util", "tab-diff": "diff"}
 DRIVEN_ELSEWHERE = "this loop is driven by another program"
 # Keys of the monitor that steer our engine: shown, unavailable, and saying why when pressed.
 STEERING = {"p": "Pause", "s": "Skip", "k": "Keep", "n": "Note"}
@@ -188,55 +181,23 @@ class LoopPane(Widget):
         return Group(*out)
 
 
-class WatchScreen(Screen):
+class WatchScreen(PanesScreen):
     BINDINGS = [
         *(Binding(key, f"steer('{label.lower()}')", label) for key, label in STEERING.items()),
         Binding("h", "history", "History"),
         Binding("d", "diff", "Diff"),
         Binding("l", "focus_log", "Log"),
         Binding("K", "kill_training", "Kill training"),
-        Binding("1", "tab(0)", "Log", show=False),
-        Binding("2", "tab(1)", "Chart", show=False),
-        Binding("3", "tab(2)", "Util", show=False),
-        Binding("4", "tab(3)", "Diff", show=False),
+        *TAB_BINDINGS,
     ]
 
-    DEFAULT_CSS = """
-    WatchScreen { layout: vertical; }
-    WatchScreen #topbar { height: 1; background: $panel; color: $foreground; padding: 0 1; }
-    WatchScreen #body {
-        height: 1fr;
-        layout: grid;
-        grid-size: 2 3;
-        grid-columns: 3fr 2fr;
-        grid-rows: 13 11 1fr;
-    }
-    WatchScreen .pane { border: round $primary 50%; border-title-color: $text; padding: 0 1; }
-    WatchScreen .pane:focus-within { border: round $primary; }
-    WatchScreen #log-pane { row-span: 2; padding: 0; }
-    WatchScreen #tabs { display: none; }
-    WatchScreen.-compact #body { layout: vertical; }
-    WatchScreen.-compact #tabs { display: block; height: 2; }
-    WatchScreen.-compact #loop { height: 9; }
-    WatchScreen.-compact .switchable { display: none; }
-    WatchScreen.-compact .switchable.-active { display: block; height: 1fr; }
-    """
+    DEFAULT_CSS = "WatchScreen.-compact #loop { height: 9; }"
 
     def compose(self) -> ComposeResult:
         yield Static(id="topbar")
         with Container(id="body"):
             yield LoopPane(id="loop", classes="pane")
-            yield Tabs(
-                Tab("1 Log", id="tab-log"),
-                Tab("2 val_bpb", id="tab-chart"),
-                Tab("3 GPU/CPU", id="tab-util"),
-                Tab("4 Diff", id="tab-diff"),
-                id="tabs",
-            )
-            yield ChartPane(id="chart", classes="pane switchable")
-            yield LogPane(id="log-pane", classes="pane switchable -active")
-            yield UtilPane(id="util", classes="pane switchable", root_label="train.py")
-            yield DiffPane(id="diff", classes="pane switchable")
+            yield from self.tabbed_panes(root_label="train.py")
         yield KeyBar()  # redrawn when K turns available or dimmed with the same words
 
     def on_mount(self) -> None:
@@ -245,14 +206,9 @@ class WatchScreen(Screen):
         self.app.watch_ready()  # type: ignore[attr-defined]
 
     def on_resize(self, event: events.Resize) -> None:
-        compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
-        self.set_class(compact, "-compact")
+        # PanesScreen.on_resize, run as well, turns the layout compact or back
         if self._top is not None:
             self.show_top(*self._top)  # the path is cut to the width
-
-    @property
-    def compact(self) -> bool:
-        return self.has_class("-compact")
 
     # -- what the screen shows ---------------------------------------------------------
 
@@ -273,22 +229,6 @@ class WatchScreen(Screen):
         out.append(" (driven by another program) · ")
         out.append(*mark)
         self.query_one("#topbar", Static).update(out)
-
-    # -- tabs (compact layout) -------------------------------------------------------
-
-    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
-        if event.tab is None or event.tab.id not in TABS:
-            return
-        for pane_id in TABS.values():
-            self.query_one(f"#{pane_id}").set_class(pane_id == TABS[event.tab.id], "-active")
-
-    def action_tab(self, index: int) -> None:
-        tab_id = list(TABS)[index]
-        self.query_one(Tabs).active = tab_id
-        pane = self.query_one(f"#{TABS[tab_id]}")
-        focusable = [w for w in pane.query("*") if w.focusable] or ([pane] if pane.focusable else [])
-        if focusable:
-            focusable[0].focus()
 
     # -- keys: the app does the work ------------------------------------------------
 
@@ -314,17 +254,6 @@ class WatchScreen(Screen):
 
     def action_kill_training(self) -> None:
         self.app.ask_kill()  # type: ignore[attr-defined]
-
-    def action_history(self) -> None:
-        self.app.open_history()  # type: ignore[attr-defined]
-
-    def action_diff(self) -> None:
-        self.app.open_diff()  # type: ignore[attr-defined]
-
-    def action_focus_log(self) -> None:
-        if self.compact:
-            self.action_tab(0)
-        self.query_one(LogPane).log.focus()
 
 
 class WatchHistoryScreen(HistoryScreen):
