@@ -263,16 +263,9 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
     with open(log, "ab") as f:
         f.write(f"\n{EVAL_MARKER}\n".encode())
     ev = _supervise(s, scorer.go(), log, eval_limit(s))
-    ev.tail = [strip_control(line)[:500] for line in ev.tail]  # a model server's output is untrusted too
-    ev.fail_line = strip_control(ev.fail_line) if ev.fail_line else None
-    timings["eval"] = round(timings.get("eval", 0.0) + ev.wall_seconds, 3)
-    failure = classify_failure(ev)
-    if failure == "killed":
-        return Outcome(s.killed_status(), error=s.killed_reason(), **base)
-    if failure:
-        status = failure if failure in ("oom", "timeout", "hang") else "crash"
-        why = ev.fail_line or failure_message(s, failure, ev, eval_limit(s))
-        return Outcome(status, error=f"evaluation failed: {why}", log_tail=ev.tail[-30:], **base)
+    failed = _evaluation_failed(s, ev, timings, eval_limit(s), base)
+    if failed is not None:
+        return failed
     data = rundir.read_json(scorer.out)
     value = data.get(METRIC) if isinstance(data, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_number(value):
@@ -281,6 +274,23 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         return Outcome("crash", error=f"eval.json has no numeric {METRIC}", log_tail=ev.tail[-30:], **base)
     held = data.get("holdout_bpb")
     return Outcome("ok", metric=float(value), holdout=float(held) if is_number(held) else None, **base)
+
+
+def _evaluation_failed(s: Session, ev: ProcessResult, timings: dict[str, float], limit: float,
+                       base: dict) -> Outcome | None:
+    """The scorer's (or a target's evaluate command's) process, accounted; the Outcome when
+    it failed or was killed, else None. Its output is untrusted too: cleaned first."""
+    ev.tail = [strip_control(line)[:500] for line in ev.tail]
+    ev.fail_line = strip_control(ev.fail_line) if ev.fail_line else None
+    timings["eval"] = round(timings.get("eval", 0.0) + ev.wall_seconds, 3)
+    failure = classify_failure(ev)
+    if failure == "killed":
+        return Outcome(s.killed_status(), error=s.killed_reason(), **base)
+    if failure:
+        status = failure if failure in ("oom", "timeout", "hang") else "crash"
+        why = ev.fail_line or failure_message(s, failure, ev, limit)
+        return Outcome(status, error=f"evaluation failed: {why}", log_tail=ev.tail[-30:], **base)
+    return None
 
 
 def _target_metric(s: Session, slot, trained: ProcessResult, log: Path, timings: dict[str, float], run: int,
@@ -294,15 +304,9 @@ def _target_metric(s: Session, slot, trained: ProcessResult, log: Path, timings:
         with open(log, "ab") as f:
             f.write(f"\n=== autoresearch: evaluation ({t.evaluate}) ===\n".encode())
         output = run_evaluate(s, slot.src, slot.scratch, slot.root / "eval-out", log, s.should_kill)
-        output.tail = [strip_control(line)[:500] for line in output.tail]
-        timings["eval"] = round(timings.get("eval", 0.0) + output.wall_seconds, 3)
-        failure = classify_failure(output)
-        if failure == "killed":
-            return Outcome(s.killed_status(), error=s.killed_reason(), **base)
-        if failure:
-            status = failure if failure in ("oom", "timeout", "hang") else "crash"
-            return Outcome(status, error=f"evaluation failed: {failure_message(s, failure, output, s.timeout)}",
-                           log_tail=output.tail[-30:], **base)
+        failed = _evaluation_failed(s, output, timings, s.timeout, base)
+        if failed is not None:
+            return failed
     value = metric_from(t, output, slot.root / "eval-out" if t.evaluate else slot.scratch)
     if value is None:
         where = f"{t.metric_json} (key {t.metric})" if t.metric_json else (

@@ -7,7 +7,7 @@ import json
 
 from tests.gitrepo import committed_repo
 
-from .conftest import run_engine
+from .conftest import make_engine, run_engine
 
 SLOW = "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
 FAST = ("from functools import lru_cache\n\n\n@lru_cache(maxsize=None)\n"
@@ -63,3 +63,20 @@ def test_a_speed_target_keeps_an_honest_speed_up_and_refuses_a_wrong_one(tmp_pat
     state = json.loads(engine.rd.state_json.read_text())
     assert state["config"]["target"]["direction"] == "max"
     assert "lru_cache" in (engine.rd.worktree / "fib.py").read_text()  # the branch holds the kept change
+
+
+def test_a_failing_evaluate_command_is_a_crash_with_its_fail_line_cleaned(tmp_path):
+    """The trusted evaluate command failing is the experiment's failure, said with its FAIL
+    line (control characters from what it read of the run stripped)."""
+    evaluate = 'import sys\nprint("FAIL: no score file \\033]0;pwned\\007here")\nsys.exit(3)\n'
+    config = CONFIG.replace('guard = "python -m pytest -q -p no:cacheprovider test_fib.py"\n',
+                            'evaluate = "python evaluate.py"\n')
+    assert "evaluate =" in config
+    repo = committed_repo(tmp_path / "repo", {"fib.py": SLOW, "bench.py": BENCH, "evaluate.py": evaluate,
+                                              "program.md": "Make fib faster.\n", "autoresearch.toml": config})
+    engine = make_engine(repo, [], loop__max_experiments=1)
+    assert engine.run() == 1 and "failed its baseline run (crash)" in engine.error  # nothing to compare with
+    first = engine.results[0]
+    assert first.status == "crash", first
+    assert first.error == "evaluation failed: FAIL: no score file here", first.error
+    assert first.timings.get("eval") is not None
