@@ -30,3 +30,21 @@ def test_importing_engine_does_not_load_textual_or_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_module_is_on_the_readme_map_and_in_the_architecture_doc():
+    """A newcomer finds every file from the README's map and docs/architecture.md's tables."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## For contributors", 1)[1].split("```", 2)[1]
+    arch = (ROOT / "docs" / "architecture.md").read_text()
+    missing = []
+    for package in ("engine", "engine/agents", "tui", "autoresearch"):
+        for path in sorted((ROOT / package).glob("*.py")):
+            name, parent = path.name, package.rsplit("/", 1)[-1]
+            if name == "__init__.py" and package != "engine/agents":
+                continue  # a package marker (engine/agents/__init__.py holds make_agent)
+            if name not in block:
+                missing.append(f"README map: {package}/{name}")
+            if f"`{name}`" not in arch and f"`{parent}/{name}`" not in arch:
+                missing.append(f"docs/architecture.md: {package}/{name}")
+    assert not missing, missing
