@@ -110,7 +110,8 @@ there unless listed here):
   sys.path outside them (a user site in $HOME counts; only that directory is bound).
   Never "/", $HOME or a directory above it, nor a repository root (a directory with
   .git). A venv that lies under a caller's mount point (``/work/main/.venv`` with
-  ``/work`` mounted) is bound at ``/venv`` instead; ``jail.python`` follows it.
+  ``/work`` mounted) or under ``/tmp`` (the private tmpfs below would hide it) is bound at
+  ``/venv`` instead; ``jail.python`` follows it.
 - private tmpfs at ``/tmp`` and ``/dev/shm`` (torch's DataLoader workers share memory
   there). No size limit: memory is the runner's concern.
 - the caller's mounts: ``ro`` (``--ro-bind``) and ``rw`` (``--bind``), files or
@@ -168,6 +169,8 @@ MODES = ("auto", "bwrap", "off")
 
 # Inside path of a venv that would otherwise be shadowed by a caller's mount point.
 RELOCATED_VENV = "/venv"
+# Private tmpfs mounted over these in every sandbox (after the Python installation).
+PRIVATE_TMPFS = ("/tmp", "/dev/shm")
 
 # Top-level directories whose contents running Python + torch needs.
 SYSTEM_DIRS = ("/usr",)
@@ -328,10 +331,13 @@ def _probe(bwrap: str) -> Sandbox:
     except (OSError, subprocess.TimeoutExpired) as e:
         return Sandbox("none", reason=f"bubblewrap at {bwrap} does not run ({_one_line(str(e))})")
     try:
-        system = _system_args() + _python_args(_python_roots({}))
+        roots = _python_roots({})
+        system = _system_args() + _python_args(roots)
     except SandboxError as e:
         return Sandbox("none", reason=str(e))
-    command = ["--", sys.executable, "-I", "-S", "-c", ""]
+    for point in PRIVATE_TMPFS:  # as every launch has them
+        system += ["--tmpfs", point]
+    command = ["--", _to_inside(sys.executable, roots) or sys.executable, "-I", "-S", "-c", ""]
     error = ""
     for userns in (True, False):
         argv = [bwrap, *_namespace_args(userns), *system, "--remount-ro", "/", *command]
@@ -390,7 +396,8 @@ class Jail:
             args += ["--setenv", key, value]
         args += _system_args()
         args += _python_args(self._roots)
-        args += ["--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+        for point in PRIVATE_TMPFS:
+            args += ["--tmpfs", point]
         for inside, host, writable in self._binds:
             args += ["--bind" if writable else "--ro-bind", host, inside]
         args += _hide_args(self._hidden_paths(), self._visible_trees())
@@ -494,6 +501,7 @@ def _python_roots(mount_points: set[str]) -> list[tuple[str, str]]:
     an error.
     """
     venv = sys.prefix if sys.prefix != sys.base_prefix else None
+    mount_points = set(mount_points) | set(PRIVATE_TMPFS)  # a venv in /tmp would be hidden by the tmpfs
     named = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     named += [p for p in sys.path if p and os.path.basename(p) in ("site-packages", "dist-packages")]
     candidates: list[str] = []

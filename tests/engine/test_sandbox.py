@@ -482,3 +482,32 @@ def test_detect_caches_the_probe_and_describes_the_version():
     assert sandbox.detect("auto") is sandbox.detect("bwrap")
     assert BWRAP.describe().startswith("bwrap ") and BWRAP.version != "?"
     assert shutil.which("bwrap") is not None
+
+
+@needs_bwrap
+def test_a_venv_under_tmp_moves_out_of_the_private_tmpfs(tmp_path):
+    """/tmp inside is a fresh tmpfs: a venv there (`python -m venv /tmp/v`) is bound at
+    /venv, or its python would not exist in the sandbox (exit 127)."""
+    if sandbox._is_under(os.path.realpath(sys.prefix), "/tmp"):
+        pytest.skip("the venv made here borrows this one's packages, which are under /tmp themselves")
+    venv = Path(tempfile.mkdtemp(prefix="ar-venv-", dir="/tmp"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        here = [p for p in sys.path if p.endswith("site-packages")] + [str(Path(__file__).resolve().parents[2])]
+        site = next(venv.glob("lib/python*/site-packages"))
+        (site / "main.pth").write_text("\n".join(here) + "\n")  # this checkout and its packages
+        script = textwrap.dedent("""
+            import json, subprocess, sys
+            from engine import sandbox
+            jail = sandbox.detect("bwrap").jail(sandbox.Mounts(ro={"/exp": sys.argv[1]}))
+            launch = jail.launch([jail.python, "-c", "import sys; print(sys.prefix)"], env={"PATH": "/usr/bin"})
+            done = subprocess.run(launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True)
+            print(json.dumps([jail.python, done.returncode, done.stdout.strip(), done.stderr[-300:]]))
+        """)
+        out = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(tmp_path)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        python, rc, prefix, err = json.loads(out.stdout)
+        assert python.startswith(sandbox.RELOCATED_VENV + "/") and rc == 0 and prefix == sandbox.RELOCATED_VENV, err
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
