@@ -45,7 +45,7 @@ def local_cluster(resources: dict[str, float], num_cpus: int = 2, env: dict[str,
     environ = dict(os.environ, AUTORESEARCH_CACHE=str(root / "node-cache"), AUTORESEARCH_NODE_DIR=str(root / "node"),
                    RAY_USAGE_STATS_ENABLED="0", **(env or {}))
     argv = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-            f"--port={port}", f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--port={port}", f"--dashboard-agent-listen-port={free_port()}",
             f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", "--include-dashboard=false",
             "--disable-usage-stats", f"--temp-dir={root / 'ray'}"]
     log_path = root / "ray-start.log"
