@@ -24,7 +24,7 @@ from textual.widget import Widget
 from tui import fmt
 from tui.hypothesis_pane import budget_bar
 from tui.model import Flight, RunView
-from tui.themes import on_theme_change, theme_style
+from tui.themes import RedrawnOnThemeChange, theme_style
 
 PHASE_WIDTH = 10  # "confirming", "evaluating"
 TIME_WIDTH = 11  # "4m59s/5m00s"
@@ -33,7 +33,7 @@ TRAINING = ("running", "confirming")  # phases with a budget bar
 MARK = "▸ "
 
 
-class FlightsPane(Widget):
+class FlightsPane(RedrawnOnThemeChange, Widget):
     """The running experiments (several workers). Not focusable: the screen's keys move
     the selection, so the log keeps its arrow keys."""
 
@@ -49,14 +49,7 @@ class FlightsPane(Widget):
         self.now = 0.0
         self.budget: float | None = None
         self.label_width = 2  # the widest worker label ("w1", "w1@gpu-box-2"): the rows' columns align
-        self._key: tuple | None = None
-        self._shown: tuple[RunView, float] | None = None
-        on_theme_change(self, self._restyle)
-
-    def _restyle(self) -> None:
-        self._key = None
-        if self._shown is not None:
-            self.show(*self._shown)
+        self.redraw_on_theme_change()
 
     def show(self, view: RunView, now: float) -> None:
         self._shown = (view, now)

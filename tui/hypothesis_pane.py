@@ -21,7 +21,7 @@ from textual.widget import Widget
 
 from tui import fmt
 from tui.model import RunView
-from tui.themes import on_theme_change, theme_style
+from tui.themes import RedrawnOnThemeChange, theme_style
 
 BAR_WIDTH = 24
 # Phases in which nothing moves until a person or the engine acts: their clock is coarse.
@@ -40,7 +40,7 @@ def budget_bar(elapsed: float, budget: float, style: Callable[[str], Style], wid
     return bar
 
 
-class HypothesisPane(Widget):
+class HypothesisPane(RedrawnOnThemeChange, Widget):
     DEFAULT_CSS = "HypothesisPane { height: 1fr; }"
 
     def on_mount(self) -> None:
@@ -52,15 +52,7 @@ class HypothesisPane(Widget):
         self.runs = Text()  # the measurements of a candidate so far (empty when there are none)
         self.next = Text()  # the pipelined proposal (empty when there is none)
         self.score: tuple[Text, ...] = ()  # the best, against the baseline, the noise, the counts, the agent
-        self._key: tuple | None = None
-        self._shown: tuple[RunView, float] | None = None
-        on_theme_change(self, self._restyle)
-
-    def _restyle(self) -> None:
-        """The texts hold the old theme's colours: build them again."""
-        self._key = None
-        if self._shown is not None:
-            self.show(*self._shown)
+        self.redraw_on_theme_change()
 
     def show(self, view: RunView, now: float) -> None:
         self._shown = (view, now)

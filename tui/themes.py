@@ -131,3 +131,22 @@ def theme_style(node: DOMNode, spec: str) -> Style:
 def on_theme_change(node: DOMNode, callback: Callable[[], object]) -> None:
     """Call ``callback`` after every change of theme, for as long as ``node`` is mounted."""
     node.app.theme_changed_signal.subscribe(node, lambda _theme: callback())
+
+
+class RedrawnOnThemeChange:
+    """For a pane whose ``show(view, now)`` builds text in the theme's colours and skips the
+    repaint when its key (``_key``) is unchanged: a new theme forgets the key and shows the
+    last view again. Call ``redraw_on_theme_change()`` from ``on_mount``."""
+
+    _key: tuple | None
+    _shown: tuple | None
+
+    def redraw_on_theme_change(self) -> None:
+        self._key, self._shown = None, None
+        on_theme_change(self, self._restyle)  # type: ignore[arg-type]
+
+    def _restyle(self) -> None:
+        self._key = None
+        if self._shown is not None:
+            self.show(*self._shown)  # type: ignore[attr-defined]
+
