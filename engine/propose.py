@@ -18,7 +18,7 @@ from typing import Any
 from .agents.base import AgentError, CostCapReached, Goal, ProposalContext, Usage
 from .results import Result
 from .session import Session
-from .untrusted import bound_tail, strip_control
+from .untrusted import bound_tail, one_line, strip_control
 
 MAX_HYPOTHESIS = 8000  # bounded: these go into every journal line and future prompts
 MAX_DESCRIPTION = 200
@@ -150,17 +150,17 @@ class Asking:
             s.failures += 1
             if s.failures >= s.config.agent.max_failures:
                 s.pause_with_error(f"agent failed {s.failures} times in a row: {message}; resume to retry")
-            draft.description = f"agent error: {_one_line(message)}"
+            draft.description = f"agent error: {one_line(message)}"
             draft.error = message
             draft.notes = self.notes
             _consume_notes(s, self.notes)
-            s.say(f"#{n:04d} agent error: {_one_line(message)}")
+            s.say(f"#{n:04d} agent error: {one_line(message)}")
             return Asked("failed", message)
 
         s.failures = 0
         # Untrusted text: no escape sequences or bidi overrides may reach a terminal, the journal or git.
         draft.hypothesis = strip_control(str(proposal.hypothesis or "")).strip()[:MAX_HYPOTHESIS]
-        draft.description = (_one_line(strip_control(str(proposal.description or "")))[:MAX_DESCRIPTION]
+        draft.description = (one_line(strip_control(str(proposal.description or "")))[:MAX_DESCRIPTION]
                              or "(no description)")
         draft.notes = self.notes
         _consume_notes(s, self.notes)
@@ -192,7 +192,7 @@ def _transient_failure(s: Session, message: str) -> Asked:
     if s.failures >= limit:
         s.pause_with_error(f"agent failed {s.failures} times in a row: {message}; resume to retry")
         return Asked("retry", message)
-    s.say(f"agent failed ({s.failures} of {limit}): {_one_line(message)}; retrying")
+    s.say(f"agent failed ({s.failures} of {limit}): {one_line(message)}; retrying")
     deadline = time.monotonic() + s.agent_retry_seconds * s.failures
     while time.monotonic() < deadline and not s.stopping:
         time.sleep(0.1)
@@ -233,7 +233,3 @@ def _read_text(path) -> str:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text or "").split())

@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,10 +66,10 @@ from .config import Config
 from .errors import UsageError
 from .integrity import Fingerprint, cache_dir, manifest_path, sha256_file
 from .results import METRIC, is_number
-from .runner import minimal_env, run_process
+from .runner import minimal_env, run_process, write_note
 from .session import Lane, Session
 from .trial import Outcome, ScorerTampered, eval_limit, run_trial, training_limit
-from .untrusted import strip_control
+from .untrusted import one_line, strip_control
 
 POLL_SECONDS = 0.5  # how often the head asks a node for new log bytes
 STATS_SECONDS = 2.0  # how often a node's utilization goes into state.json (the monitor shows it)
@@ -120,7 +120,7 @@ def connect(address: str, resources: dict[str, float]) -> int:
         try:
             ray.init(address=target, log_to_driver=False, logging_level=logging.ERROR, namespace="autoresearch")
         except Exception as e:  # Ray's errors are many and long: one line
-            raise UsageError(f"cannot join the Ray cluster at {target}: {_one_line(e)[:300]}") from None
+            raise UsageError(f"cannot join the Ray cluster at {target}: {one_line(e)[:300]}") from None
         _connected = target
     return cluster_slots(resources)
 
@@ -155,7 +155,7 @@ def probe(address: str) -> None:
         with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
             pass
     except OSError as e:
-        raise UsageError(f"no Ray cluster answers at {address} ({_one_line(e.strerror or e)}): start its head "
+        raise UsageError(f"no Ray cluster answers at {address} ({one_line(e.strerror or e)}): start its head "
                          "with `ray start --head --port=6379` there, or check --ray / [loop] ray") from None
 
 
@@ -356,8 +356,8 @@ class RemoteRunner:
             data = rundir.read_json(exp_dir / "eval.json")
             value = data.get(METRIC) if isinstance(data, dict) else None
             if not is_number(value):
-                return Outcome("crash", error=f"eval.json from the Ray node has no numeric {METRIC}",
-                               **_base_fields(outcome))
+                return replace(outcome, status="crash", metric=None, holdout=None,
+                               error=f"eval.json from the Ray node has no numeric {METRIC}")
             held = data.get("holdout_bpb")
             outcome.metric, outcome.holdout = float(value), float(held) if is_number(held) else None
         return outcome
@@ -411,7 +411,7 @@ class RemoteRunner:
             info = ray.get(hello)
         except ray.exceptions.RayError as e:
             ray.kill(actor)
-            return Outcome("interrupted", error=f"the Ray worker did not start ({_one_line(e)[:300]})")
+            return Outcome("interrupted", error=f"the Ray worker did not start ({one_line(e)[:300]})")
         self.actor, self.node = actor, info
         if info.get("problem"):
             why = f"Ray node {self.label}: {info['problem']}"
@@ -457,35 +457,29 @@ def close_remote(s: Session) -> None:
             lane.remote.close()
 
 
-def _base_fields(o: Outcome) -> dict:
-    return dict(train_seconds=o.train_seconds, peak_mem_mb=o.peak_mem_mb, summary=o.summary, span=o.span,
-                tokens_per_sec=o.tokens_per_sec, num_steps=o.num_steps)
-
-
 def _note(out, text: str) -> None:
-    try:
-        out.write(f"[autoresearch] {strip_control(text)}\n".encode())
-        out.flush()
-    except (OSError, ValueError):
-        pass
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    write_note(out, strip_control(text))  # text from Ray or a node
 
 
 # --- the node -------------------------------------------------------------------------------
 
 
-def _gpu_readings(indices: list[int]) -> list[list]:
-    """[index, util %, memory used, memory total] of each of these GPUs (NVML); [] without."""
-    if not indices:
-        return []
+@functools.lru_cache(maxsize=1)
+def _nvml():
+    """pynvml, initialised once for this process; None without NVML."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
+        return pynvml
     except Exception:
+        return None
+
+
+def _gpu_readings(indices: list[int]) -> list[list]:
+    """[index, util %, memory used, memory total] of each of these GPUs (NVML); [] without."""
+    pynvml = _nvml() if indices else None
+    if pynvml is None:
         return []
     out = []
     for i in indices:
@@ -684,7 +678,7 @@ class NodeRunner:
             result = {"outcome": outcome, "timings": timings, "pause": s.pause}
             result.update(self._collect())
         except Exception as e:  # a bug or a broken node: the head stops as a local engine would
-            result = {"crashed": (type(e).__name__, _one_line(e)[:500])}
+            result = {"crashed": (type(e).__name__, one_line(e)[:500])}
         result["log_size"] = self._log_size()
         return result
 
@@ -776,8 +770,7 @@ class NodeRunner:
         corpus = self.setup.corpus
         args = ["--source", corpus["source"]] if corpus.get("kind") == "source" and corpus.get("source") else []
         with open(self.log, "ab") as f:
-            f.write(f"[autoresearch] no data cache at {cache_dir()} on this node: running python prepare.py\n"
-                    .encode())
+            write_note(f, f"no data cache at {cache_dir()} on this node: running python prepare.py")
         run_process([s.python, "prepare.py", *args], cwd=s.rd.worktree,
                     env=minimal_env({"AUTORESEARCH_CACHE": str(cache_dir())}), log_path=self.log,
                     should_kill=s.should_kill, grace=s.kill_grace)

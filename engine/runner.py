@@ -241,7 +241,7 @@ def supervise(
                     if now - max(last_progress, pump.last_output) > hang_seconds:
                         reason = "hang"
                 if reason != "exited":
-                    _write_note(log, f"stopping the process group: {reason}")
+                    write_note(log, f"stopping the process group: {reason}")
                     terminate_group(proc, grace)
                     break
                 try:
@@ -269,12 +269,13 @@ def supervise(
     )
 
 
-def _write_note(log, text: str) -> None:
+def write_note(log, text: str) -> None:
+    """An ``[autoresearch]`` line of the engine's own in a run's log (binary file)."""
     try:
         log.write(f"\n[autoresearch] {text}\n".encode())
         log.flush()
-    except OSError:
-        pass  # a full disk: the note is also in the result's error
+    except (OSError, ValueError):
+        pass  # a full disk (the note is also in the result's error), or a closed log
 
 
 def terminate_group(proc: subprocess.Popen, grace: float) -> None:

@@ -164,6 +164,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from .errors import UsageError
+from .untrusted import one_line
 
 MODES = ("auto", "bwrap", "off")
 
@@ -329,7 +330,7 @@ def _probe(bwrap: str) -> Sandbox:
         out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT)
         version = out.stdout.strip().split()[-1] if out.returncode == 0 and out.stdout.strip() else "?"
     except (OSError, subprocess.TimeoutExpired) as e:
-        return Sandbox("none", reason=f"bubblewrap at {bwrap} does not run ({_one_line(str(e))})")
+        return Sandbox("none", reason=f"bubblewrap at {bwrap} does not run ({one_line(str(e))})")
     try:
         roots = _python_roots({})
         system = _system_args() + _python_args(roots)
@@ -350,7 +351,7 @@ def _probe(bwrap: str) -> Sandbox:
         if out.returncode == 0:
             return Sandbox("bwrap", version=version, bwrap=bwrap, userns=userns)
         error = out.stderr.strip() or f"exit status {out.returncode}"
-    return Sandbox("none", reason=f"bubblewrap {version} cannot make a sandbox here ({_one_line(error)})")
+    return Sandbox("none", reason=f"bubblewrap {version} cannot make a sandbox here ({one_line(error)})")
 
 
 # -- one jail: mounts bound to a sandbox ------------------------------------------------
@@ -585,7 +586,3 @@ def _norm_inside(path: str | os.PathLike) -> str:
 
 def _is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -25,6 +25,7 @@ from .notify import Notifier
 from .preflight import data_stamp
 from .session import Session
 from .steering import on_command
+from .untrusted import one_line
 
 
 def open_tag(s: Session) -> ControlServer:
@@ -92,7 +93,7 @@ def close_tag(s: Session, server: ControlServer | None) -> None:
         if s.base_commit and s.main_wt is not None:
             s.main_wt.reset_to(s.best_commit())
     except Exception as e:
-        s.say(f"warning: could not reset the worktree to the best commit: {_one_line(e)}")
+        s.say(f"warning: could not reset the worktree to the best commit: {one_line(e, 300)}")
     if s.phase != "error":
         s.set_phase("stopped")
     s.journal.update_state(train_pgid=None, agent_pgid=None, notes_pending=list(s.notes))
@@ -271,10 +272,6 @@ def _install_scorer(s: Session) -> None:
     tmp = s.rd.scorer.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(s.rd.scorer)
-
-
-def _one_line(error: object) -> str:
-    return " ".join(str(error).split())[:300]
 
 
 def _echo(data: bytes) -> None:

@@ -33,7 +33,7 @@ from .results import METRIC, is_number
 from .runner import ProcessResult, minimal_env, spawn, supervise, terminate_group
 from .session import Session
 from .target import metric_from, run_evaluate
-from .untrusted import strip_control
+from .untrusted import one_line, strip_control
 from .warm import take_slot, warm_next
 
 EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
@@ -324,12 +324,8 @@ def failure_message(s: Session, status: str, run: ProcessResult, limit: float) -
     if status == "oom":
         if run.killed_by_signal == 9:
             return "killed by SIGKILL (out of memory?)"
-        return _one_line(last)[:300] or "out of memory"
+        return one_line(last)[:300] or "out of memory"
     if status == "nan":
-        return strip_control(run.fail_line or "")[:300] or _one_line(last)[:300]
+        return strip_control(run.fail_line or "")[:300] or one_line(last)[:300]
     code = f"killed by signal {run.killed_by_signal}" if run.killed_by_signal else f"exit status {run.returncode}"
-    return f"{code}: {_one_line(last)[:300]}" if last else code
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text or "").split())
+    return f"{code}: {one_line(last)[:300]}" if last else code

@@ -30,6 +30,12 @@ _CONTROL = re.compile(
 )
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with its whitespace runs (newlines too) as single spaces, cut to ``limit``
+    characters: for messages that must stay one line (a log line, an event, a status)."""
+    return " ".join(("" if text is None else str(text)).split())[:limit]
+
+
 def strip_control(text: str) -> str:
     """Remove ANSI escape sequences, control, bidi and invisible characters; resolve bare ``\\r``."""
     text = _ANSI.sub("", text)
