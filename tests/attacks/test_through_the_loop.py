@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -166,10 +167,11 @@ def train_for_longer():
 '''
 
 ESCAPE = '''
-import glob, json as _json, socket as _socket, subprocess, sys, time as _time
+import glob, json as _json, socket as _socket, subprocess, sys, sysconfig as _sysconfig, time as _time
 
 REPO = {repo!r}
 RUN = {run!r}
+HOST_SITE = {site!r}  # the engine's site-packages: the trusted scorer imports from there
 PORT = {port}
 
 
@@ -224,6 +226,11 @@ def escape():
         "hook": _try_write(REPO + "/.git/hooks/post-commit", "#!/bin/sh\\necho pwned > " + REPO + "/pwned\\n"),
         "journal": _try_write(RUN + "/results.jsonl", '{{"n": 99, "status": "keep", "metric": 0.01}}\\n'),
         "validation_bytes": _validation_bytes(),
+        # A sitecustomize.py or .pth in the Python installation runs in every interpreter,
+        # the trusted scorer's included (-I does not turn site off).
+        "python_install": any(_try_write(d + "/sitecustomize.py", "open('/tmp/pwned', 'w')\\n")
+                              or _try_write(d + "/zz-pwned.pth", "import os\\n")
+                              for d in (_sysconfig.get_paths()["purelib"], HOST_SITE)),
     }}
     # A daemon that outlives this process would rewrite things later: it must die with the sandbox.
     code = ("import time; time.sleep(3); "
@@ -284,7 +291,10 @@ def test_attacks_through_the_real_loop(gallery_repo):
     rd = RunDir.for_tag(repo, "t")
     hooks_before = sorted(p.name for p in (repo / ".git" / "hooks").iterdir())
     listener = Listener()
-    escape = ESCAPE.format(repo=str(repo), run=str(rd.root), port=listener.port, secret=SECRET)
+    site = sysconfig.get_paths()["purelib"]
+    planted = [Path(site) / "sitecustomize.py", Path(site) / "zz-pwned.pth"]
+    assert not any(p.exists() for p in planted)
+    escape = ESCAPE.format(repo=str(repo), run=str(rd.root), port=listener.port, secret=SECRET, site=site)
     steps = [
         # 2: escape attempts from training, then honest training
         {"write": {"train.py": variant(escape, replace=("    train()\n", "    escape()\n    train()\n"))},
@@ -325,7 +335,8 @@ def test_attacks_through_the_real_loop(gallery_repo):
     log = (rd.experiment(2) / "run.log").read_text()
     report = json.loads(next(line[7:] for line in log.splitlines() if line.startswith("ESCAPE ")))
     assert report == {"secrets": [], "network": False, "repo_file": False, "hook": False, "journal": False,
-                      "validation_bytes": 0}, report
+                      "validation_bytes": 0, "python_install": False}, report
+    assert not any(p.exists() for p in planted)
     assert listener.connections == 0
     assert SECRET not in log
     assert results[2].status in ("keep", "discard") and abs(results[2].metric - honest) < 0.5
