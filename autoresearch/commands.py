@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import launcher
-from engine.config import load_config
 from engine.control import ControlError, send_command
 from engine.errors import UsageError
 from engine.lock import holder_pid, is_locked
@@ -55,6 +53,7 @@ def start_or_attach(args: argparse.Namespace, argv: list[str]) -> int:
     Also serves `autoresearch run` without --headless: its options go to the new engine,
     which gets the user's own arguments.
     """
+    from engine import launcher
     from tui.launch import run_monitor
 
     repo = find_repo_root(args.repo)
@@ -102,6 +101,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return start_or_attach(args, argv)
     from engine import gitops
     from engine.agents import make_agent
+    from engine.config import load_config
     from engine.loop import Engine
 
     root = resolve_repo(args.repo, require_files=False)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
 from .errors import UsageError
 from .lock import holder_pid, is_locked
 from .rundir import RunDir, list_tags
@@ -88,6 +87,8 @@ def status_data(repo: Path, tag: str) -> dict[str, Any]:
     alive = is_locked(rd.lock)
     config = state.config
     if not config:
+        from .config import load_config  # only here: tomllib and the config schema cost the monitor's start
+
         try:
             config = load_config(repo).to_dict()
         except UsageError:
