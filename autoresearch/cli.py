@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="no monitor: print one line per phase and result")
     p.add_argument("--agent", choices=["heuristic", "claude", "command"], help="who proposes changes")
     for flag, _key, type_, metavar, help_ in RUN_OPTIONS:
-        p.add_argument(flag, type=type_, metavar=metavar, help=help_)
+        if type_ is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            p.add_argument(flag, type=type_, metavar=metavar, help=help_)
 
     p = sub.add_parser("prepare", help="build the data cache (offline by default)")
     _common(p)

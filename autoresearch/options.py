@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-# flag, config key, type, metavar, help. --agent is added separately (it has choices).
+# flag, config key, type, metavar, help. --agent is added separately (it has choices); a bool
+# option is a --flag / --no-flag pair.
 RUN_OPTIONS: list[tuple[str, str, type, str, str]] = [
     ("--budget", "loop.budget_seconds", float, "S", "training seconds per experiment"),
     ("--max-experiments", "loop.max_experiments", int, "N", "stop after N experiments"),
@@ -16,6 +17,8 @@ RUN_OPTIONS: list[tuple[str, str, type, str, str]] = [
     ("--model", "agent.model", str, "NAME", "the Claude model (for --agent claude)"),
     ("--agent-command", "agent.command", str, "CMD", "the agent CLI (for --agent command), prompt on stdin"),
     ("--workers", "loop.workers", int, "N", "experiments at once (default: one per GPU; 1 on a CPU)"),
+    ("--overlap", "loop.overlap", bool, "", "two experiments per device, taking turns to train: one trains while "
+     "the other is scored (--no-overlap: off)"),
     ("--seed", "loop.seed", int, "N", "seed for the heuristic agent"),
     ("--ray", "loop.ray", str, "ADDRESS", 'train and score each experiment on a Ray cluster ("auto" or HEAD:PORT)'),
 ]

@@ -14,12 +14,15 @@ and prints:
 
 Agents: the offline heuristic (default), or `--agent-delay S`: a command agent that
 sleeps S seconds, then adds a harmless comment to train.py (an A/A change: every
-experiment trains). `--compare` runs the delayed agent twice, sequential
-(pipeline = false) then pipelined, and prints the two side by side. Targets on the
-2-core CPU at 60 s: offline >= 0.95; 30 s agent delay: pipelined >= 0.93 against about
-0.6 sequential; median idle <= 1 s when the agent is faster than training.
+experiment trains). `--overlap` turns on [loop] overlap (two lanes take turns on the
+device: one trains while the other's experiment is scored). `--compare` runs the loop
+in each way one after the other and prints them side by side: with --agent-delay,
+sequential (pipeline = false), pipelined and overlapped; without, the offline agent
+plain and overlapped. Targets on the 2-core CPU at 60 s: offline >= 0.95; 30 s agent
+delay: pipelined >= 0.93 against about 0.6 sequential; median idle <= 1 s when the
+agent is faster than training.
 
-    python bench/duty_cycle.py [--budget 60] [--experiments 10] [--agent-delay S] [--compare]
+    python bench/duty_cycle.py [--budget 60] [--experiments 10] [--agent-delay S] [--overlap] [--compare]
 """
 
 from __future__ import annotations
@@ -65,10 +68,12 @@ def scratch_repo(path: Path) -> Path:
     return path
 
 
-def run_once(base: Path, name: str, args: argparse.Namespace, delay: float | None, pipeline: bool) -> dict:
+def run_once(base: Path, name: str, args: argparse.Namespace, delay: float | None, pipeline: bool,
+             overlap: bool = False) -> dict:
     repo = scratch_repo(base / name)
     overrides = {"loop.budget_seconds": args.budget, "loop.max_experiments": args.experiments,
-                 "loop.baseline_runs": args.baseline_runs, "loop.seed": args.seed, "loop.pipeline": pipeline}
+                 "loop.baseline_runs": args.baseline_runs, "loop.seed": args.seed, "loop.pipeline": pipeline,
+                 "loop.overlap": overlap}
     if delay is not None:
         script = base / f"{name}-agent.sh"
         script.write_text(DELAY_AGENT.format(delay=delay))
@@ -93,7 +98,10 @@ def summarize(results: list) -> dict:
                     f"{len(r.train_spans):>4} {r.train_seconds or 0:8.1f} {r.wall_seconds or 0:7.1f} "
                     f"{t.get('eval', 0):6.1f} {t.get('agent', 0):6.1f} "
                     f"{t.get('check_commit', 0) + t.get('decide_revert', 0):6.2f}  {r.description[:50]}")
+    # What a run trained per second: overlapping scoring with training must not cost much of it.
+    speed = [r.tokens_per_sec for r in results if r.tokens_per_sec]
     return {"duty": training / wall if wall else 0.0, "training": training, "wall": wall,
+            "tokens_per_sec": statistics.median(speed) if speed else 0.0,
             "gap_median": statistics.median(gaps) if gaps else 0.0, "gap_max": max(gaps, default=0.0),
             "experiments": len(results), "runs": len(spans), "rows": rows}
 
@@ -112,27 +120,33 @@ def main() -> int:
     parser.add_argument("--baseline-runs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--agent-delay", type=float, metavar="S", help="a command agent that thinks S seconds")
-    parser.add_argument("--compare", action="store_true", help="sequential and pipelined, side by side")
+    parser.add_argument("--overlap", action="store_true", help="[loop] overlap: one trains while another is scored")
+    parser.add_argument("--compare", action="store_true", help="each way of running the loop, side by side")
     parser.add_argument("--keep", metavar="DIR", help="build the scratch repositories here and keep them")
     args = parser.parse_args()
-    if args.compare and args.agent_delay is None:
-        parser.error("--compare needs --agent-delay")
 
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="ar-duty-")
     base = Path(args.keep).resolve() if args.keep else Path(tmp.name)
-    if args.compare:
-        runs = [("sequential", run_once(base, "sequential", args, args.agent_delay, False)),
-                ("pipelined", run_once(base, "pipelined", args, args.agent_delay, True))]
+    delay = args.agent_delay
+    if args.compare and delay is not None:
+        runs = [("sequential", run_once(base, "sequential", args, delay, False)),
+                ("pipelined", run_once(base, "pipelined", args, delay, True)),
+                ("overlapped", run_once(base, "overlapped", args, delay, False, overlap=True))]
+    elif args.compare:
+        runs = [("offline", run_once(base, "offline", args, None, False)),
+                ("offline overlapped", run_once(base, "overlapped", args, None, False, overlap=True))]
     else:
-        label = f"agent delay {args.agent_delay:g} s" if args.agent_delay is not None else "offline heuristic"
-        runs = [(label, run_once(base, "run", args, args.agent_delay, args.agent_delay is not None))]
+        label = f"agent delay {delay:g} s" if delay is not None else "offline heuristic"
+        label += " overlapped" if args.overlap else ""
+        runs = [(label, run_once(base, "run", args, delay, delay is not None and not args.overlap, args.overlap))]
     for name, summary in runs:
         report(name, summary)
     print(f"\nbudget {args.budget:g} s, {args.experiments} experiments each")
-    print(f"{'':<20} {'duty':>6} {'training s':>10} {'wall s':>8} {'idle median':>11} {'idle max':>8}")
+    print(f"{'':<20} {'duty':>6} {'training s':>10} {'wall s':>8} {'idle median':>11} {'idle max':>8} "
+          f"{'tokens/s median':>15}")
     for name, s in runs:
         print(f"{name:<20} {s['duty']:6.3f} {s['training']:10.1f} {s['wall']:8.1f} {s['gap_median']:11.2f} "
-              f"{s['gap_max']:8.2f}")
+              f"{s['gap_max']:8.2f} {s['tokens_per_sec']:15.0f}")
     if tmp is not None:
         tmp.cleanup()
     return 0

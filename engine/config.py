@@ -88,6 +88,9 @@ class LoopConfig:
     min_free_gb: float = 1.0  # the loop pauses before an experiment when less disk is free in the run directory
     max_failures_in_a_row: int = 5  # experiments that crash, time out, hang, run out of memory or NaN: then pause
     workers: int | None = None  # experiments at once; None: one per visible GPU, 1 on a CPU (engine/lanes.py)
+    # Two lanes per device taking turns to train: while one experiment is scored, decided and
+    # the next proposed, the other trains, so the device never waits for scoring (engine/lanes.py).
+    overlap: bool = False
     # Run every experiment's training and scoring on a Ray cluster (engine/remote.py): "auto" (the
     # cluster this machine belongs to) or the head's address, like "10.0.0.5:6379". None: here.
     ray: str | None = None
@@ -189,8 +192,8 @@ class Config:
 
     def effective_pipeline(self) -> bool:
         """Pipelining pays where proposing takes time (an LLM); the heuristic is instant."""
-        if self.loop.effective_workers() > 1:
-            return False  # several workers already propose while others train
+        if self.loop.effective_workers() > 1 or self.loop.overlap:
+            return False  # several lanes already propose while others train
         if self.loop.pipeline is not None:
             return self.loop.pipeline
         return self.agent.effective_name() != "heuristic"
@@ -310,6 +313,11 @@ def validate(config: Config) -> None:
         raise ConfigError("max_experiments must be at least 1")
     if loop.workers is not None and not 1 <= loop.workers <= 64:
         raise ConfigError("workers must be between 1 and 64")
+    if not isinstance(loop.overlap, bool):
+        raise ConfigError("[loop] overlap must be true or false")
+    if loop.overlap and loop.ray is not None:
+        raise ConfigError("[loop] overlap works on this machine's devices, not with ray: a Ray node trains "
+                          "and scores each experiment in one call")
     if loop.ray is not None and (not loop.ray.strip() or any(c.isspace() for c in loop.ray)):
         raise ConfigError('[loop] ray must be "auto" or the Ray head\'s address, like "10.0.0.5:6379"')
     resources = loop.ray_resources

@@ -16,6 +16,13 @@ decide and to record, so the keep rule and the noise estimate are those of one w
   that no longer applies is discarded with the reason.
 - Each lane's experiment is one entry of ``state.flights``; every event and record
   names its worker.
+
+Overlap (``[loop] overlap``, ``--overlap``): two lanes per device, taking turns to train
+(``Lane.turn``, one lock per device, held from a training process's release to its exit).
+While one lane's experiment is scored, decided and its next change proposed, the other's
+trains: the device no longer waits for scoring. The pair shares the device's GPU and
+threads; only one of them trains at a time, and the wait for the turn (phase
+``waiting``) is not part of any budget.
 """
 
 from __future__ import annotations
@@ -59,19 +66,41 @@ def twin_in_flight(s: Session, job: Job, commit: str) -> int | None:
     return None
 
 
-def make_lanes(workers: int) -> list[Lane]:
-    """``workers`` lanes, each with its share of the machine (one lane: all of it)."""
-    if workers == 1:
+def make_lanes(workers: int, overlap: bool = False) -> list[Lane]:
+    """``workers`` lanes, each with its share of the machine (one lane: all of it); with
+    ``overlap``, two lanes per share that take turns to train on it."""
+    if workers == 1 and not overlap:
         return [Lane(0)]
     gpus = visible_gpus() if cuda_available() else []
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     lanes = []
     for k in range(workers):
-        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        if gpus:
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if workers > 1 else {}
+        if gpus and workers > 1:
             env["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
-        lanes.append(Lane(k, env=env))
+        turn = threading.Lock() if overlap else None
+        for _ in range(2 if overlap else 1):
+            lanes.append(Lane(len(lanes), env=dict(env), turn=turn))
     return lanes
+
+
+def take_turn(s: Session, poll: float = 0.1) -> bool:
+    """Wait until this lane's device is free to train on (with ``overlap``; at once
+    without). False when the run is stopped or skipped meanwhile. Pair with ``end_turn``."""
+    turn = s.lane.turn
+    if turn is None or turn.acquire(blocking=False):
+        return True
+    s.set_phase("waiting")
+    while not turn.acquire(timeout=poll):
+        s.tick()
+        if s.should_kill():
+            return False
+    return True
+
+
+def end_turn(s: Session) -> None:
+    if s.lane.turn is not None:
+        s.lane.turn.release()
 
 
 def open_lane_worktrees(s: Session) -> None:

@@ -68,7 +68,7 @@ class Engine:
 
             self.s.lanes = make_remote_lanes(config)
         else:
-            self.s.lanes = make_lanes(config.loop.effective_workers())
+            self.s.lanes = make_lanes(config.loop.effective_workers(), config.loop.overlap)
         self.next: NextProposal | None = None  # a pipelined proposal being written
         self.taken = 0  # experiments this engine has numbered (for max_experiments)
 

@@ -41,9 +41,9 @@ NOT_MEASURED = frozenset({"skipped", "rejected", "interrupted"})
 # Statuses shown to an agent as "broke or was refused".
 BROKE_OR_REFUSED = FAILED | {"rejected", "interrupted"}
 # Phases in which an experiment is in flight: skip and force-keep apply.
-IN_FLIGHT_PHASES = ("checking", "running", "evaluating", "guarding", "confirming")
+IN_FLIGHT_PHASES = ("checking", "waiting", "running", "evaluating", "guarding", "confirming")
 # Phases after which a killed engine leaves an experiment to be recorded as interrupted.
-INTERRUPTIBLE_PHASES = ("checking", "running", "evaluating", "guarding", "confirming", "deciding")
+INTERRUPTIBLE_PHASES = ("checking", "waiting", "running", "evaluating", "guarding", "confirming", "deciding")
 
 
 def experiment_ref(tag: str, n: int) -> str:

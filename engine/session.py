@@ -60,6 +60,7 @@ class Lane:
     fields: dict = field(default_factory=dict)  # its experiment's entry in state.flights
     remote: object = None  # engine/remote.py's RemoteRunner: its runs train and score on a Ray node
     tree: str | None = None  # the code its change experiment measures (git tree), to catch twins
+    turn: object = None  # with [loop] overlap: the lock its device's lanes take turns on to train
 
 
 def _check_agent_may_run(config: Config, sb: sandbox.Sandbox) -> None:

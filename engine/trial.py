@@ -29,6 +29,7 @@ from pathlib import Path
 from . import rundir, sandbox
 from .decide import classify_failure, parse_float
 from .integrity import Fingerprint, cache_dir, manifest_path, sha256_file
+from .lanes import end_turn, take_turn
 from .results import METRIC, is_number
 from .runner import ProcessResult, minimal_env, spawn, supervise, terminate_group
 from .session import Session
@@ -216,17 +217,23 @@ def _supervise(s: Session, proc, log: Path, limit: float, tick=None) -> ProcessR
 def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Path, timings: dict[str, float],
                      run: int, hide: list[str]) -> Outcome:
     log = exp_dir / "run.log"
-    s.set_phase("running" if run == 1 else "confirming")
-    limit = training_limit(s)
-    proc = slot.release(s, commit)
-    started, released = time.time(), time.monotonic()
+    if not take_turn(s):  # [loop] overlap: the other lane on this device may be training
+        slot.discard()
+        return Outcome(s.killed_status(), error=s.killed_reason())
+    try:
+        s.set_phase("running" if run == 1 else "confirming")
+        limit = training_limit(s)
+        proc = slot.release(s, commit)
+        started, released = time.time(), time.monotonic()
 
-    def tick() -> None:
-        s.tick()
-        if scorer is not None and time.monotonic() - released >= s.budget - SCORER_LEAD:
-            scorer.start()  # hide the model servers' start-up behind the last steps
+        def tick() -> None:
+            s.tick()
+            if scorer is not None and time.monotonic() - released >= s.budget - SCORER_LEAD:
+                scorer.start()  # hide the model servers' start-up behind the last steps
 
-    trained = _supervise(s, proc, log, limit, tick)  # the budget's clock starts at the release
+        trained = _supervise(s, proc, log, limit, tick)  # the budget's clock starts at the release
+    finally:
+        end_turn(s)  # scored, decided and proposed while the other lane trains
     span = [round(started, 3), round(time.time(), 3)]
     trained.returncode = slot.launch.returncode(trained.returncode)
     warm_next(s, hide)  # the next training process starts while this one is scored

@@ -113,9 +113,9 @@ def main():
         print("evaluating", flush=True)
         if data.get("eval") == "evalcrash":
             sys.exit("evaluation blew up")
-        if data.get("eval") in ("leave", "look"):
+        if data.get("eval") in ("leave", "look", "slowscore"):
             import time
-            time.sleep(1.5)  # a slow evaluation, long enough to see the next run start warm
+            time.sleep(1.5)  # a slow evaluation, long enough to see the next run start warm (or train)
         value = float("nan") if data.get("eval") == "evalnan" else data["metric"]
         if data.get("eval") == "cheat":  # caught on its third evaluation (a re-measure of the best)
             count = Path.cwd().parent.parent / "cheat-evaluations"  # the run's directory (cwd: its experiment)
