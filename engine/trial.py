@@ -39,7 +39,7 @@ from .warm import take_slot, warm_next
 
 EVAL_MARKER = "=== autoresearch: evaluation (python prepare.py evaluate) ==="
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-SCORER_LEAD = 10.0  # seconds before a training's budget is up that its scorer starts
+SCORER_LEAD = 10.0  # seconds before a training's budget is up that its scorer and the next process start
 STOP_SIGNAL_WAIT = 1.0
 
 
@@ -226,17 +226,26 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         proc = slot.release(s, commit)
         started, released = time.time(), time.monotonic()
 
+        leading = False
+
         def tick() -> None:
+            nonlocal leading
             s.tick()
-            if scorer is not None and time.monotonic() - released >= s.budget - SCORER_LEAD:
-                scorer.start()  # hide the model servers' start-up behind the last steps
+            if not leading and time.monotonic() - released >= s.budget - SCORER_LEAD:
+                # Hide the start-up of what comes next behind the last steps: the model
+                # servers' and the next training process's imports, which would otherwise
+                # compete with the scoring for the cores.
+                leading = True
+                if scorer is not None:
+                    scorer.start()
+                warm_next(s, hide)
 
         trained = _supervise(s, proc, log, limit, tick)  # the budget's clock starts at the release
     finally:
         end_turn(s)  # scored, decided and proposed while the other lane trains
     span = [round(started, 3), round(time.time(), 3)]
     trained.returncode = slot.launch.returncode(trained.returncode)
-    warm_next(s, hide)  # the next training process starts while this one is scored
+    warm_next(s, hide)  # (if it ended before the lead) the next training process starts now
     timings["train"] = round(timings.get("train", 0.0) + trained.wall_seconds, 3)
     # train.py's output is untrusted text: what of it is kept in the journal is cleaned.
     summary = {strip_control(k)[:64]: strip_control(v)[:200] for k, v in list(trained.summary.items())[:50]}

@@ -1,5 +1,6 @@
 """Training processes started before they are needed (warm), so that the interpreter and
-torch are loaded while the previous experiment is still being evaluated.
+torch are loaded while the previous experiment still trains (its last seconds) and is
+scored.
 
 A slot is a fresh directory (``.autoresearch/<tag>/slots/<id>``) with an empty ``src``
 (bound read-only at /work) and a ``scratch`` (bound writable at /scratch). Its process,
@@ -163,7 +164,8 @@ def take_slot(s: Session, hide: list[str]) -> Slot:
 
 
 def warm_next(s: Session, hide: list[str]) -> None:
-    """Start the process for the next training now, while this experiment is evaluated."""
+    """Start the process for the next training now: in the last seconds of this one's
+    training (engine/trial.py), or once it has ended if it ended early."""
     if s.warm_slot is None and not s.stopping:
         slot = Slot(s, hide)
         if slot.warm:
