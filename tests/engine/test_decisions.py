@@ -5,15 +5,13 @@ best is re-measured against drift, and baseline and kept runs carry a holdout sc
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 from engine.rundir import RunDir
 
 from .conftest import run_engine
 from .genome import git
-from .test_recovery import start_engine, wait_until
+from .test_recovery import kill_minus_9_when, start_engine
 
 
 def test_a_candidate_that_wins_once_is_discarded_and_one_that_wins_twice_is_kept(repo):
@@ -55,16 +53,9 @@ def test_both_runs_survive_a_kill_between_them(repo):
     proc = start_engine(repo, [{"set": {"LR": 0.02, "SLEEP": 3.0}}], **{"loop.baseline_runs": 1,
                                                                        "loop.hang_seconds": 10,
                                                                        "loop.timeout_seconds": 20})
-    try:
-        wait_until(lambda: rd.read_state().phase == "confirming" and rd.read_state().train_pgid, 60,
-                   why="the confirmation run")
-        first = rd.read_state().runs
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    state = kill_minus_9_when(proc, lambda: (st := rd.read_state()).phase == "confirming" and st.train_pgid and st,
+                              60, why="the confirmation run")
+    first = state.runs
     assert len(first) == 1
     again = start_engine(repo, [{"set": {"LR": 0.03}}], **{"loop.max_experiments": 1, "loop.baseline_runs": 1})
     out, _ = again.communicate(timeout=60)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 
-import psutil
 import pytest
 
 from engine.config import ConfigError, load_config
@@ -19,7 +17,7 @@ from engine.control import send_command
 from engine.rundir import RunDir
 
 from .conftest import make_engine, processes_in, run_engine
-from .test_recovery import start_engine, wait_until
+from .test_recovery import kill_minus_9_when, start_engine, wait_until
 
 
 def events(rd: RunDir) -> list[dict]:
@@ -73,19 +71,13 @@ def test_kill_minus_9_with_one_training_and_one_waiting_records_both(repo):
     rd = RunDir.for_tag(repo, "t")
     proc = start_engine(repo, [{"set": {"MODE": "slow", "WIDTH": 100}}, {"set": {"MODE": "slow", "WIDTH": 110}}],
                         **{"loop.overlap": True, "loop.hang_seconds": 10, "loop.timeout_seconds": 60})
-    try:
-        def one_trains_one_waits():
-            flights = [f for f in rd.read_state().flights if not f.get("baseline_run")]
-            phases = sorted(str(f.get("phase")) for f in flights)
-            return phases == ["running", "waiting"] and flights
 
-        flights = wait_until(one_trains_one_waits, 40, "a change training and one waiting")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    def one_trains_one_waits():
+        flights = [f for f in rd.read_state().flights if not f.get("baseline_run")]
+        phases = sorted(str(f.get("phase")) for f in flights)
+        return phases == ["running", "waiting"] and flights
+
+    flights = kill_minus_9_when(proc, one_trains_one_waits, 40, "a change training and one waiting")
     wait_until(lambda: processes_in(rd.root) == [], 10, "no orphans")
     again = start_engine(repo, [], **{"loop.overlap": True, "loop.max_experiments": 2, "loop.hang_seconds": 10})
     out, _ = again.communicate(timeout=90)

@@ -5,15 +5,13 @@ pause, stop and kill -9 leave no number, gap or half-applied change behind."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 from engine.control import send_command
 from engine.rundir import RunDir
 
 from .conftest import make_engine, run_engine
 from .genome import git
-from .test_recovery import start_engine, wait_until
+from .test_recovery import kill_minus_9_when, start_engine
 
 
 def events(rd: RunDir) -> list[dict]:
@@ -77,14 +75,7 @@ def test_kill_while_a_proposal_is_pending_leaves_no_gap_and_nothing_half_applied
     proc = start_engine(repo, [{"set": {"LR": 0.02, "SLEEP": 3.0}}, {"set": {"BIAS": -0.1}, "sleep": 1.0}],
                         **{"loop.baseline_runs": 1, "loop.pipeline": True, "loop.hang_seconds": 10,
                            "loop.timeout_seconds": 20})
-    try:
-        wait_until(lambda: (rd.read_state().next_proposal or {}).get("n") == 3, 60, why="a pending proposal")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_minus_9_when(proc, lambda: (rd.read_state().next_proposal or {}).get("n") == 3, 60, why="a pending proposal")
     again = start_engine(repo, [{"set": {"LR": 0.03}}], **{"loop.max_experiments": 1, "loop.baseline_runs": 1})
     out, _ = again.communicate(timeout=60)
     assert again.returncode == 0, out

@@ -37,6 +37,20 @@ def wait_until(check, timeout: float = 20.0, why: str = ""):
     raise AssertionError(f"timed out waiting for {why}")
 
 
+def kill_minus_9_when(proc: subprocess.Popen, ready, timeout: float = 20.0, why: str = ""):
+    """Wait until ``ready()`` gives something true, then SIGKILL the engine; returns what it
+    gave. The engine is dead afterwards whatever happened."""
+    try:
+        value = wait_until(ready, timeout, why)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return value
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def running(rd: RunDir, n: int) -> bool:
     s = rd.read_state()
     return s.phase == "running" and s.experiment == n and bool(s.train_pgid)
@@ -45,17 +59,12 @@ def running(rd: RunDir, n: int) -> bool:
 def test_kill_minus_9_then_resume_loses_nothing(repo):
     rd = RunDir.for_tag(repo, "t")
     proc = start_engine(repo, [{"set": {"LR": 0.02}}, {"set": {"MODE": "slow"}}], **{"loop.baseline_runs": 1})
-    try:
-        wait_until(lambda: running(rd, 3) and "step 2" in log_text(rd.experiment(3) / "run.log"),
-                   why="experiment 3 training")
-        pgid = rd.read_state().train_pgid
-        trainer = psutil.Process(pgid)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    def training() -> psutil.Process | None:
+        if running(rd, 3) and "step 2" in log_text(rd.experiment(3) / "run.log"):
+            return psutil.Process(rd.read_state().train_pgid)
+        return None
+
+    trainer = kill_minus_9_when(proc, training, why="experiment 3 training")
     # The training process dies with its engine: nothing is left running in the worktree.
     wait_until(lambda: not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE, 10, "trainer gone")
     wait_until(lambda: processes_in(rd.root) == [], 10, "no orphans")

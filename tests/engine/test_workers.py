@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 
 import psutil
 
@@ -20,7 +19,7 @@ from engine.rundir import RunDir
 
 from .conftest import log_text, make_engine, processes_in, run_engine
 from .genome import git
-from .test_recovery import start_engine, wait_until
+from .test_recovery import kill_minus_9_when, start_engine, wait_until
 
 
 def events(rd: RunDir) -> list[dict]:
@@ -119,21 +118,15 @@ def test_kill_minus_9_with_two_running_records_both_and_resume_goes_on(repo):
     rd = RunDir.for_tag(repo, "t")
     proc = start_engine(repo, [{"set": {"MODE": "slow", "WIDTH": 100}}, {"set": {"MODE": "slow", "WIDTH": 110}}],
                         **{"loop.workers": 2, "loop.hang_seconds": 10, "loop.timeout_seconds": 60})
-    try:
-        def both_training():
-            flights = rd.read_state().flights
-            return len(flights) == 2 and all(f.get("train_pgid") and not f.get("baseline_run") for f in flights) \
-                and all("step 2" in log_text(rd.experiment(f["experiment"]) / "run.log") for f in flights)
 
-        wait_until(both_training, 40, "two changes training")
+    def both_training():
         flights = rd.read_state().flights
-        trainers = [psutil.Process(f["train_pgid"]) for f in flights]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if len(flights) == 2 and all(f.get("train_pgid") and not f.get("baseline_run") for f in flights) \
+                and all("step 2" in log_text(rd.experiment(f["experiment"]) / "run.log") for f in flights):
+            return flights, [psutil.Process(f["train_pgid"]) for f in flights]
+        return None
+
+    flights, trainers = kill_minus_9_when(proc, both_training, 40, "two changes training")
     for trainer in trainers:  # training dies with its engine
         wait_until(lambda: not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE, 10, "trainer gone")
     wait_until(lambda: processes_in(rd.root) == [], 10, "no orphans")
