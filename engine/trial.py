@@ -226,16 +226,12 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         proc = slot.release(s, commit)
         started, released = time.time(), time.monotonic()
 
-        leading = False
-
         def tick() -> None:
-            nonlocal leading
             s.tick()
-            if not leading and time.monotonic() - released >= s.budget - SCORER_LEAD:
-                # Hide the start-up of what comes next behind the last steps: the model
-                # servers' and the next training process's imports, which would otherwise
-                # compete with the scoring for the cores.
-                leading = True
+            if time.monotonic() - released >= s.budget - SCORER_LEAD:
+                # Hide the start-up of what comes next behind the last steps (both calls
+                # start once): the model servers' and the next training process's imports,
+                # which would otherwise compete with the scoring for the cores.
                 if scorer is not None:
                     scorer.start()
                 warm_next(s, hide)

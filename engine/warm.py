@@ -74,8 +74,7 @@ class Slot:
             **s.lane.env,  # this worker's GPU and share of the CPU threads
         })
         env["PATH"] = with_python_on_path(jail, env.get("PATH", ""))
-        # `python train.py` can start warm (the stub runs it); any other command starts at its release.
-        self.warm = target is None or target.run.split() == ["python", "train.py"]
+        self.warm = starts_warm(s)
         if self.warm:
             stub = WARM_STUB.replace("MODULES", repr(list(s.config.loop.warm_imports)))
             argv = [jail.python, "-c", stub]
@@ -163,15 +162,18 @@ def take_slot(s: Session, hide: list[str]) -> Slot:
     return Slot(s, hide)
 
 
+def starts_warm(s: Session) -> bool:
+    """`python train.py` can start warm (the stub runs it); a [target]'s own command cannot
+    wait, and starts at its release."""
+    target = s.config.target
+    return target is None or target.run.split() == ["python", "train.py"]
+
+
 def warm_next(s: Session, hide: list[str]) -> None:
-    """Start the process for the next training now: in the last seconds of this one's
-    training (engine/trial.py), or once it has ended if it ended early."""
-    if s.warm_slot is None and not s.stopping:
-        slot = Slot(s, hide)
-        if slot.warm:
-            s.warm_slot = slot
-        else:
-            slot.discard()  # a target's own command cannot wait: it starts cold
+    """Start the process for the next training now (if it is not started yet): in the last
+    seconds of this one's training (engine/trial.py), or once it has ended if it ended early."""
+    if s.warm_slot is None and not s.stopping and starts_warm(s):
+        s.warm_slot = Slot(s, hide)
 
 
 def discard_warm(s: Session) -> None:
