@@ -218,6 +218,32 @@ def _validation_bytes():
     return got
 
 
+def _next_process():
+    """The next experiment's training process starts (warm, waiting for its files) during
+    this one's last seconds: look for it for 3 s and try to kill it, which would make the
+    next experiment fail for nothing this run did honestly."""
+    import os, signal
+    mine, pid = set(), os.getpid()  # this process and its ancestors (the sandbox's own init)
+    while pid > 0 and pid not in mine:
+        mine.add(pid)
+        try:
+            pid = int(open(f"/proc/{{pid}}/status").read().split("PPid:")[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            break
+    deadline = _time.monotonic() + 3.0
+    while _time.monotonic() < deadline:
+        for path in glob.glob("/proc/[0-9]*/cmdline"):
+            pid = int(path.split("/")[2])
+            try:
+                if pid not in mine and b"runpy" in open(path, "rb").read():
+                    os.kill(pid, signal.SIGKILL)
+                    return True
+            except OSError:
+                pass
+        _time.sleep(0.1)
+    return False
+
+
 def escape():
     report = {{
         "secrets": _secrets_seen(),
@@ -231,6 +257,7 @@ def escape():
         "python_install": any(_try_write(d + "/sitecustomize.py", "open('/tmp/pwned', 'w')\\n")
                               or _try_write(d + "/zz-pwned.pth", "import os\\n")
                               for d in (_sysconfig.get_paths()["purelib"], HOST_SITE)),
+        "next_process": _next_process(),
     }}
     # A daemon that outlives this process would rewrite things later: it must die with the sandbox.
     code = ("import time; time.sleep(3); "
@@ -335,7 +362,7 @@ def test_attacks_through_the_real_loop(gallery_repo):
     log = (rd.experiment(2) / "run.log").read_text()
     report = json.loads(next(line[7:] for line in log.splitlines() if line.startswith("ESCAPE ")))
     assert report == {"secrets": [], "network": False, "repo_file": False, "hook": False, "journal": False,
-                      "validation_bytes": 0, "python_install": False}, report
+                      "validation_bytes": 0, "python_install": False, "next_process": False}, report
     assert not any(p.exists() for p in planted)
     assert listener.connections == 0
     assert SECRET not in log
