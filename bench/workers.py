@@ -26,6 +26,7 @@ from bench.duty_cycle import scratch_repo  # noqa: E402
 from engine.agents import make_agent  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.loop import Engine  # noqa: E402
+from engine.rundir import read_jsonl  # noqa: E402
 
 
 def run_once(base: Path, workers: int, args: argparse.Namespace) -> dict:
@@ -45,8 +46,28 @@ def run_once(base: Path, workers: int, args: argparse.Namespace) -> dict:
     for r in results:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     return {"experiments": len(results), "runs": runs, "wall": wall, "statuses": statuses,
+            "phases": phase_seconds(engine.rd.events_jsonl, len(results)),
             "per_hour": len(results) / wall * 3600, "runs_per_hour": runs / wall * 3600,
             "best": engine.s.standing.best.metric if engine.s.standing.best else None}
+
+
+def phase_seconds(events_path: Path, experiments: int) -> dict[str, float]:
+    """Seconds per experiment spent in each phase, from the phase events of events.jsonl.
+
+    A phase lasts until the next phase event or result of the same experiment, so with
+    several workers the phases of different experiments overlap in time."""
+    spans: dict[str, float] = {}
+    open_phase: dict[int, tuple[str, float]] = {}
+    for event in read_jsonl(events_path):
+        n = event.get("n")
+        if n is None or event.get("type") not in ("phase", "result"):
+            continue
+        if n in open_phase:
+            phase, since = open_phase.pop(n)
+            spans[phase] = spans.get(phase, 0.0) + event["ts"] - since
+        if event["type"] == "phase":
+            open_phase[n] = (event["phase"], event["ts"])
+    return {phase: total / max(experiments, 1) for phase, total in spans.items()}
 
 
 def main() -> int:
@@ -68,6 +89,11 @@ def main() -> int:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items()))
         print(f"{w:>7} {r['experiments']:>11} {r['runs']:>5} {r['wall']:7.1f} {r['per_hour']:9.1f} "
               f"{r['runs_per_hour']:9.1f}  {statuses}")
+    phases = sorted({p for _, r in rows for p in r["phases"]}, key=lambda p: -rows[0][1]["phases"].get(p, 0.0))
+    print("seconds per experiment in each phase (a worker's own time):")
+    print(f"{'workers':>7} " + " ".join(f"{p:>10}" for p in phases))
+    for w, r in rows:
+        print(f"{w:>7} " + " ".join(f"{r['phases'].get(p, 0.0):10.2f}" for p in phases))
     one, many = rows[0][1], rows[1][1]
     print(f"speed-up: {many['per_hour'] / one['per_hour']:.2f}x experiments per hour, "
           f"{many['runs_per_hour'] / one['runs_per_hour']:.2f}x training runs per hour")

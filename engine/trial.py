@@ -137,8 +137,9 @@ class Scorer:
     """The trusted scorer of one run (the run directory's copy of prepare.py), outside the
     sandbox; the model servers it starts run train.py's code inside it.
 
-    It is started ``SCORER_LEAD`` seconds before the training's budget is up, with --wait:
-    the servers import torch while the last steps train, and it scores once told "go".
+    It is started ``SCORER_LEAD`` seconds (at most half the budget) before the training's
+    budget is up, with --wait: the servers import torch while the last steps train, and it
+    scores once told "go".
     """
 
     def __init__(self, s: Session, slot, exp_dir: Path, hide: list[str], holdout: bool):
@@ -225,10 +226,13 @@ def _train_and_score(s: Session, slot, scorer: Scorer, commit: str, exp_dir: Pat
         limit = training_limit(s)
         proc = slot.release(s, commit)
         started, released = time.time(), time.monotonic()
+        # Never in the first half of a short budget: three imports of torch at the release
+        # would slow train.py's own start-up and first step, which no budget counts.
+        lead = min(SCORER_LEAD, s.budget / 2)
 
         def tick() -> None:
             s.tick()
-            if time.monotonic() - released >= s.budget - SCORER_LEAD:
+            if time.monotonic() - released >= s.budget - lead:
                 # Hide the start-up of what comes next behind the last steps (both calls
                 # start once): the model servers' and the next training process's imports,
                 # which would otherwise compete with the scoring for the cores.

@@ -94,10 +94,15 @@ def test_sigterm_stops_cleanly_and_a_second_engine_is_refused(repo):
     try:
         wait_until(lambda: running(rd, 2) and "working" in log_text(rd.experiment(2) / "run.log"),
                    why="experiment 2 training")
-        names = [" ".join(p.cmdline()) for p in processes_in(rd.root) if p.name() != "bwrap"]
-        # The training process and, started during its last seconds, the next one (engine/warm.py).
-        training = [n for n in names if "runpy" in n and "evaluate" not in n]
-        assert len(training) == 2 and sum("time.sleep(600)" in n for n in names) == 1, names
+        def names() -> list[str]:
+            return [" ".join(p.cmdline()) for p in processes_in(rd.root) if p.name() != "bwrap"]
+
+        def training() -> list[str]:
+            return [n for n in names() if "runpy" in n and "evaluate" not in n]
+
+        # The training process and, started halfway through its budget, the next one (engine/warm.py).
+        wait_until(lambda: len(training()) == 2, 10, "the next training process")
+        assert len(training()) == 2 and sum("time.sleep(600)" in n for n in names()) == 1, names()
 
         second = subprocess.run(
             [sys.executable, "-m", "autoresearch", "run", "--headless", "--repo", str(repo), "--tag", "t"],
