@@ -7,8 +7,11 @@ experiments, and prints experiments per hour and training runs per hour for both
 Every training process gets one thread (OMP_NUM_THREADS=1 for the single worker; the
 workers split the cores between them), so on a 2-core CPU two workers use the machine
 that one worker leaves half idle. Target on this 2-core CPU at a 10 s budget: >= 1.7x.
+``--workload baseline`` runs the unchanged train.py every time, so both configurations
+do the same work; with the agent (the default) they search different paths, and the
+ratio also reflects how many confirmation runs each path needed.
 
-    python bench/workers.py [--budget 10] [--experiments 14] [--workers 2]
+    python bench/workers.py [--budget 10] [--experiments 14] [--workers 2] [--workload baseline]
 """
 
 from __future__ import annotations
@@ -32,8 +35,12 @@ from engine.rundir import read_jsonl  # noqa: E402
 def run_once(base: Path, workers: int, args: argparse.Namespace) -> dict:
     name = f"workers-{workers}"
     repo = scratch_repo(base / name)
+    # --workload baseline: every experiment is a run of the unchanged train.py, so both
+    # configurations do the same work; with the agent, where the search goes (how many
+    # keeps need a confirmation run, how big the models it tries) differs between them.
+    baseline_runs = args.experiments if args.workload == "baseline" else args.baseline_runs
     overrides = {"loop.budget_seconds": args.budget, "loop.max_experiments": args.experiments,
-                 "loop.baseline_runs": args.baseline_runs, "loop.seed": args.seed, "loop.workers": workers}
+                 "loop.baseline_runs": baseline_runs, "loop.seed": args.seed, "loop.workers": workers}
     config = load_config(repo, overrides)
     engine = Engine(repo, "workers", config, make_agent(config),
                     out=lambda line: print(f"[{name}] {line}", flush=True))
@@ -76,13 +83,16 @@ def main() -> int:
     parser.add_argument("--experiments", type=int, default=14, help="per configuration, baseline runs included")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-runs", type=int, default=2)
+    parser.add_argument("--workload", choices=("agent", "baseline"), default="agent",
+                        help="agent: the offline agent's changes; baseline: the unchanged train.py every time "
+                             "(the same work for both configurations)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # one thread per training process, as each of the workers gets
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ar-workers-") as tmp:
         rows = [(w, run_once(Path(tmp), w, args)) for w in (1, args.workers)]
-    print(f"\nbudget {args.budget:g} s, {args.experiments} experiments each, {os.cpu_count()} cpus, "
+    print(f"\nbudget {args.budget:g} s, {args.experiments} experiments each ({args.workload}), {os.cpu_count()} cpus, "
           f"load before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'workers':>7} {'experiments':>11} {'runs':>5} {'wall s':>7} {'exp/hour':>9} {'runs/hour':>9}  statuses")
     for w, r in rows:
