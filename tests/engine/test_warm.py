@@ -32,15 +32,17 @@ def test_the_next_training_process_starts_warm_and_fresh(tmp_path):
 def test_with_a_short_budget_the_next_process_starts_halfway_not_at_the_release(tmp_path):
     """Its import would slow the start-up of the training it waits behind, which no budget
     counts: with a budget under twice SCORER_LEAD it starts once half the budget is gone."""
-    budget = 4.0
-    steps = [{"set": {"MODE": "leave", "SLEEP": 3.0}}, {"set": {"MODE": "look"}}]
+    budget = 6.0
+    steps = [{"set": {"MODE": "leave", "SLEEP": 4.5}}, {"set": {"MODE": "look"}}]
     repo = make_repo(tmp_path / "repo", timeout=10, hang=10)  # a quiet 3 s training is no hang here
     engine = run_engine(repo, steps, loop__max_experiments=3, loop__baseline_runs=1,
                         loop__budget_seconds=budget, loop__warm_imports=["json"])
     before = engine.results[1]
-    assert before.description == "MODE=leave, SLEEP=3.0" and before.timings["train"] > budget / 2
+    assert before.description == "MODE=leave, SLEEP=4.5" and before.timings["train"] > budget / 2
     log = (engine.rd.experiment(3) / "run.log").read_text()
     age = float(re.search(r"process age ([0-9.]+)", log).group(1))
-    # Started while #2 trained (so before its 1.5 s scoring), but not at #2's release.
+    # Started while #2 trained (so before its 1.5 s scoring), but not at #2's release. (This
+    # estimate of when is short by the engine's own work between two runs: a loaded machine
+    # makes it earlier; the old rule gave about 0.)
     after_release = before.timings["train"] + before.timings["eval"] - age
-    assert before.timings["eval"] < age and budget / 2 - 0.5 < after_release < budget / 2 + 1.0, (age, before.timings)
+    assert before.timings["eval"] < age and budget / 2 - 1.5 < after_release < budget / 2 + 1.5, (age, before.timings)
