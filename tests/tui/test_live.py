@@ -183,13 +183,14 @@ async def test_skip_is_confirmed_once_and_not_repeated(engine):
     engine.begin(1, "d", "h")
     app = make_app(engine)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view.in_flight, "a running experiment")
+        # The key works once the footer offers it: an experiment runs and the engine is alive.
+        await wait_for(pilot, lambda: app.view.in_flight and app.can_run("skip"), "a running experiment")
         await pilot.press("s")
-        assert isinstance(app.screen, ConfirmModal)
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirmation")
         await pilot.press("s", "s")  # repeated presses do not stack modals
         assert sum(isinstance(s, ConfirmModal) for s in app.screen_stack) == 1
         await pilot.press("escape")
-        assert isinstance(app.screen, LiveScreen)
+        await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen), "the live screen again")
         await pilot.pause(0.1)
         assert engine.sent() == []  # cancelled: nothing sent
         await pilot.press("s", "enter")  # the confirm button has focus
@@ -205,9 +206,9 @@ async def test_refused_keep_shows_the_reason(engine):
     engine.refuse["keep"] = "the run crashed: nothing to keep"
     app = make_app(engine)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view.in_flight, "a running experiment")
+        await wait_for(pilot, lambda: app.view.in_flight and app.can_run("keep"), "a running experiment")
         await pilot.press("k")
-        assert isinstance(app.screen, ConfirmModal)
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmModal), "the confirmation")
         await pilot.press("y")
         await wait_for(pilot, lambda: app.last_ack is not None, "the ack")
         assert engine.sent() == ["keep"]
