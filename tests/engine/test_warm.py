@@ -34,7 +34,7 @@ def test_with_a_short_budget_the_next_process_starts_halfway_not_at_the_release(
     counts: with a budget under twice SCORER_LEAD it starts once half the budget is gone."""
     budget = 6.0
     steps = [{"set": {"MODE": "leave", "SLEEP": 4.5}}, {"set": {"MODE": "look"}}]
-    repo = make_repo(tmp_path / "repo", timeout=10, hang=10)  # a quiet 3 s training is no hang here
+    repo = make_repo(tmp_path / "repo", timeout=10, hang=10)  # a quiet 4.5 s training is no hang here
     engine = run_engine(repo, steps, loop__max_experiments=3, loop__baseline_runs=1,
                         loop__budget_seconds=budget, loop__warm_imports=["json"])
     before = engine.results[1]
